@@ -1,0 +1,21 @@
+//! Shared foundation of tillbridge.
+//!
+//! - [`domain`]: validated till events and promotion-core records (money in integer minor units).
+//! - [`config`]: the strict configuration every stage reads.
+//! - [`log`]: the partitioned event log with offsets, implemented by Kafka ([`log::KafkaLog`]) and by
+//!   an embedded sled-backed log ([`log::EmbeddedLog`]).
+//! - [`stage`]: the loop that drives a stage over a log with the at-least-once guarantee.
+//! - [`store`]: opening sled state safely (verify, and rebuild from the topics when damaged).
+//! - [`pan`]: card-number (PAN) detection and redaction.
+//! - [`ids`]: deterministic output ids.
+
+pub mod config;
+pub mod domain;
+mod error;
+pub mod ids;
+pub mod log;
+pub mod pan;
+pub mod stage;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,334 @@
+//! Kafka through rdkafka.
+//!
+//! Consumers run with `enable.auto.offset.store=false`: an offset is stored only by
+//! [`Source::ack`], which callers invoke once a record's effects are durable, and auto-commit
+//! commits only what was stored. Before partitions are revoked in a rebalance the stored offsets
+//! are committed synchronously (`pre_rebalance`), so the next owner resumes exactly there.
+//! Producers are idempotent; [`Sink::send`] waits for every delivery report and fails when any
+//! record was not acknowledged, so no offset is ever stored past a failed send.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header as KHeader, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::{BatchLimits, OutRecord, Position, Record, Sink, Source};
+use crate::config::KafkaConfig;
+use crate::{Error, Result};
+
+/// Factory of Kafka consumers, producers and admin calls for one cluster.
+#[derive(Clone, Debug)]
+pub struct KafkaLog {
+    config: KafkaConfig,
+}
+
+impl KafkaLog {
+    pub fn new(config: KafkaConfig) -> Self {
+        KafkaLog { config }
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.config.bootstrap_servers);
+        c
+    }
+
+    fn apply_properties(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.config.properties {
+            c.set(k, v);
+        }
+    }
+
+    /// A consumer in group `{group_prefix}.{stage}` subscribed to `topics`.
+    pub fn source(&self, stage: &str, topics: &[&str]) -> Result<KafkaSource> {
+        let group = format!("{}.{}", self.config.group_prefix, stage);
+        let mut c = self.base();
+        c.set("group.id", &group)
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", self.config.fetch_wait_max_ms.to_string())
+            .set("queued.min.messages", "10000")
+            .set(
+                "queued.max.messages.kbytes",
+                self.config.queued_max_messages_kbytes.to_string(),
+            )
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        self.apply_properties(&mut c);
+        let consumer: StreamConsumer<CommitBeforeRevoke> = c
+            .create_with_context(CommitBeforeRevoke)
+            .map_err(kafka_err)?;
+        consumer.subscribe(topics).map_err(kafka_err)?;
+        Ok(KafkaSource { consumer, group })
+    }
+
+    /// An idempotent producer.
+    pub fn sink(&self) -> Result<KafkaSink> {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set(
+                "message.timeout.ms",
+                self.config.delivery_timeout.as_millis().to_string(),
+            );
+        self.apply_properties(&mut c);
+        let producer: FutureProducer = c.create().map_err(kafka_err)?;
+        Ok(KafkaSink {
+            producer,
+            timeout: self.config.delivery_timeout,
+        })
+    }
+
+    /// Creates `topics` with `partitions` partitions; topics that exist are left alone.
+    pub async fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.base().create().map_err(kafka_err)?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| {
+                NewTopic::new(t, partitions, TopicReplication::Fixed(1))
+                    .set("cleanup.policy", "delete")
+                    .set("retention.ms", "-1")
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin.create_topics(&new, &opts).await.map_err(kafka_err)?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(Error::Kafka(format!("creating topic {t}: {code}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn kafka_err(e: KafkaError) -> Error {
+    match e.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::MessageTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NotCoordinator
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::QueueFull,
+        ) => Error::BrokerUnavailable(e.to_string()),
+        _ => Error::Kafka(e.to_string()),
+    }
+}
+
+/// Commits stored offsets before partitions are taken away (rust-rdkafka #627/#636).
+#[derive(Debug)]
+pub struct CommitBeforeRevoke;
+
+impl ClientContext for CommitBeforeRevoke {}
+
+impl ConsumerContext for CommitBeforeRevoke {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Nothing stored yet is not an error.
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => tracing::info!(partitions = tpl.count(), "committed stored offsets before revoke"),
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => tracing::warn!(error = %e, "commit before revoke failed"),
+            }
+        }
+    }
+}
+
+/// A consumer group member.
+pub struct KafkaSource {
+    consumer: StreamConsumer<CommitBeforeRevoke>,
+    group: String,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource").field("group", &self.group).finish()
+    }
+}
+
+impl KafkaSource {
+    fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+
+    /// Partitions currently assigned (for tests waiting on a rebalance).
+    pub fn assignment_count(&self) -> usize {
+        self.consumer.assignment().map(|a| a.count()).unwrap_or(0)
+    }
+
+    /// Commits stored offsets now (on shutdown).
+    pub fn commit_stored(&self) -> Result<()> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(kafka_err(e)),
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    async fn next_batch(&mut self, limits: BatchLimits) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(limits.wait, self.consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(Err(e)) => return Err(kafka_err(e)),
+            Ok(Ok(m)) => Self::owned(&m),
+        };
+        let mut bytes = first.size();
+        out.push(first);
+        while out.len() < limits.max_records && bytes < limits.max_bytes {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => {
+                    let r = Self::owned(&m);
+                    bytes += r.size();
+                    out.push(r);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&mut self, positions: &[Position]) -> Result<()> {
+        let mut highest: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for p in positions {
+            let e = highest.entry((p.topic.as_str(), p.partition)).or_insert(p.offset);
+            *e = (*e).max(p.offset);
+        }
+        for ((topic, partition), offset) in highest {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))
+                .map_err(kafka_err)?;
+            match self.consumer.store_offsets(&tpl) {
+                Ok(()) => {}
+                // The partition was revoked meanwhile (librdkafka #3774): its new owner replays
+                // from the last commit, so the work is dropped here, not lost.
+                Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
+                    tracing::info!(topic, partition, "offset not stored: partition no longer assigned");
+                }
+                Err(e) => return Err(kafka_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn lag(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        if let Err(e) = self.commit_stored() {
+            tracing::warn!(error = %e, "final commit failed");
+        }
+    }
+}
+
+/// An idempotent producer that reports success only for acknowledged records.
+#[derive(Clone)]
+pub struct KafkaSink {
+    producer: FutureProducer,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink").finish_non_exhaustive()
+    }
+}
+
+impl KafkaSink {
+    /// Flushes queued records; a timeout is an error (dropping a producer purges its queue).
+    pub fn flush(&self) -> Result<()> {
+        self.producer.flush(self.timeout).map_err(kafka_err)
+    }
+}
+
+impl Sink for KafkaSink {
+    async fn send(&self, records: Vec<OutRecord>) -> Result<()> {
+        let mut pending = Vec::with_capacity(records.len());
+        for r in &records {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (k, v) in &r.headers {
+                headers = headers.insert(KHeader {
+                    key: k,
+                    value: Some(v.as_slice()),
+                });
+            }
+            let mut fr: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&r.topic).key(r.key.as_slice()).headers(headers);
+            if let Some(p) = &r.payload {
+                fr = fr.payload(p.as_slice());
+            }
+            if let Some(ts) = r.timestamp_ms {
+                fr = fr.timestamp(ts);
+            }
+            pending.push(self.producer.send(fr, self.timeout));
+        }
+        let results = join_all(pending).await;
+        let mut failed = 0usize;
+        let mut last = String::new();
+        for res in results {
+            if let Err((e, _)) = res {
+                failed += 1;
+                last = e.to_string();
+            }
+        }
+        if failed > 0 {
+            return Err(Error::Delivery {
+                topic: records.first().map(|r| r.topic.clone()).unwrap_or_default(),
+                reason: format!("{failed} of {} records not acknowledged: {last}", records.len()),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "producer flush on drop failed");
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The loop that drives one stage, and the delivery guarantee it enforces.
+//!
+//! **At-least-once, no loss.** For each batch: the [`Processor`] computes the outputs and stages
+//! (but does not persist) its state changes; the outputs are written to the [`Sink`], which
+//! returns only when all of them are durable; then [`Processor::commit`] makes the state durable;
+//! only then are the batch's positions acknowledged to the [`Source`]. A crash anywhere before the
+//! acknowledgement replays the batch, and because every output id is derived from its input, a
+//! replay re-sends identical records that consumers can drop. Preconditions: records of one
+//! partition are handled in order (a batch is processed whole, in order), and a failed send is
+//! retried, never skipped.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::log::{BatchLimits, OutRecord, Position, Record, Sink, Source};
+
+/// First and largest pause between retries of a failed send.
+const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// A stage's logic over batches of records.
+pub trait Processor: Send {
+    type Error: std::error::Error + From<crate::Error> + Send + Sync + 'static;
+
+    /// Computes the outputs of `batch` and stages its state changes without persisting them.
+    fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Self::Error>;
+
+    /// Persists the staged state changes; called once the batch's outputs are durable.
+    fn commit(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// How a stage loop ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// Until the shutdown token is cancelled.
+    Shutdown,
+    /// Until the source has nothing more (the embedded log can tell), or shutdown.
+    Idle,
+}
+
+/// Counters of one stage run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageStats {
+    pub records: u64,
+    pub batches: u64,
+    pub outputs: u64,
+    pub send_retries: u64,
+}
+
+/// Runs `processor` over `source` into `sink` until `until`.
+pub async fn run<S, K, P>(
+    name: &'static str,
+    source: &mut S,
+    sink: &K,
+    processor: &mut P,
+    limits: BatchLimits,
+    until: Until,
+    shutdown: CancellationToken,
+) -> Result<StageStats, P::Error>
+where
+    S: Source,
+    K: Sink,
+    P: Processor,
+{
+    let span = tracing::info_span!("stage", stage = name);
+    async move {
+        let mut stats = StageStats::default();
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                b = source.next_batch(limits) => b?,
+            };
+            if batch.is_empty() {
+                if until == Until::Idle && source.lag() == Some(0) {
+                    break;
+                }
+                continue;
+            }
+            let outputs = processor.process(&batch)?;
+            let n_out = outputs.len() as u64;
+            let mut backoff = RETRY_BACKOFF_FIRST;
+            loop {
+                match sink.send(outputs.clone()).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_retryable() => {
+                        stats.send_retries += 1;
+                        tracing::warn!(error = %e, ?backoff, "send failed, retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(stats),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            processor.commit().await?;
+            source.ack(&last_positions(&batch)).await?;
+            stats.records += batch.len() as u64;
+            stats.batches += 1;
+            stats.outputs += n_out;
+            tracing::debug!(records = batch.len(), outputs = n_out, "batch done");
+        }
+        Ok(stats)
+    }
+    .instrument(span)
+    .await
+}
+
+/// The last position of each partition in `batch`.
+fn last_positions(batch: &[Record]) -> Vec<Position> {
+    let mut last: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
+    for r in batch {
+        let e = last.entry((r.topic.as_str(), r.partition)).or_insert(r.offset);
+        *e = (*e).max(r.offset);
+    }
+    last.into_iter()
+        .map(|((t, p), o)| Position {
+            topic: t.to_owned(),
+            partition: p,
+            offset: o,
+        })
+        .collect()
+}

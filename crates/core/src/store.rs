@@ -1,0 +1,136 @@
+//! Opening a stage's sled state. State is a cache of what the topics say: when the directory is
+//! damaged (sled fails to open it, or its format marker is wrong), it is moved aside and the
+//! stage starts empty and rebuilds by replaying its topics from the beginning. A damaged store is
+//! never trusted blindly and never a crash loop.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// The marker of this version's state layout.
+const FORMAT_KEY: &[u8] = b"__tillbridge_format";
+
+/// A stage's state store.
+#[derive(Clone, Debug)]
+pub struct StateStore {
+    db: sled::Db,
+    path: PathBuf,
+    rebuilt: bool,
+}
+
+impl StateStore {
+    /// Opens the store at `path` for state layout `format`. When the store is damaged or of
+    /// another layout, it is moved to `<path>.damaged-<time>` and a fresh one is created;
+    /// [`StateStore::rebuilt`] then tells the caller to replay its topics from the start.
+    pub fn open(path: &Path, format: &str) -> Result<Self> {
+        let existed = path.exists();
+        match Self::try_open(path, format, existed) {
+            Ok(db) => Ok(StateStore {
+                db,
+                path: path.to_owned(),
+                rebuilt: false,
+            }),
+            Err(reason) => {
+                let aside = path.with_extension(format!(
+                    "damaged-{}",
+                    chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")
+                ));
+                tracing::error!(path = %path.display(), aside = %aside.display(), %reason,
+                    "state store damaged; moved aside, rebuilding from the topics");
+                std::fs::rename(path, &aside).map_err(|e| {
+                    Error::Corrupt(format!("{}: {reason}; moving it aside failed: {e}", path.display()))
+                })?;
+                let db = Self::try_open(path, format, false).map_err(Error::Corrupt)?;
+                Ok(StateStore {
+                    db,
+                    path: path.to_owned(),
+                    rebuilt: true,
+                })
+            }
+        }
+    }
+
+    fn try_open(path: &Path, format: &str, existed: bool) -> std::result::Result<sled::Db, String> {
+        // sled 0.34 can panic on some damaged files; a panic here must not become a crash loop.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled::open(path)));
+        let db = match opened {
+            Ok(r) => r.map_err(|e| e.to_string())?,
+            Err(_) => return Err("sled panicked while opening the store".into()),
+        };
+        match db.get(FORMAT_KEY).map_err(|e| e.to_string())? {
+            Some(v) if v.as_ref() == format.as_bytes() => Ok(db),
+            Some(v) => Err(format!(
+                "state format {:?}, expected {format:?}",
+                String::from_utf8_lossy(&v)
+            )),
+            None if existed && db.len() > 0 => Err("state has no format marker".into()),
+            None => {
+                db.insert(FORMAT_KEY, format.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                db.flush().map_err(|e| e.to_string())?;
+                Ok(db)
+            }
+        }
+    }
+
+    /// Whether the store was found damaged and recreated empty.
+    pub fn rebuilt(&self) -> bool {
+        self.rebuilt
+    }
+
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    pub fn tree(&self, name: &str) -> Result<sled::Tree> {
+        self.db.open_tree(name).map_err(|e| self.err(e))
+    }
+
+    /// Flushes every write so far to disk.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn err(&self, e: sled::Error) -> Error {
+        Error::storage(self.path.display().to_string(), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_store_is_moved_aside_and_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        {
+            let s = StateStore::open(&p, "v1").unwrap();
+            assert!(!s.rebuilt());
+            s.db().insert(b"k", b"v").unwrap();
+            s.db().flush().unwrap();
+        }
+        // Same format: state kept.
+        {
+            let s = StateStore::open(&p, "v1").unwrap();
+            assert!(!s.rebuilt());
+            assert!(s.db().get(b"k").unwrap().is_some());
+        }
+        // Another format: rebuilt.
+        {
+            let s = StateStore::open(&p, "v2").unwrap();
+            assert!(s.rebuilt());
+            assert!(s.db().get(b"k").unwrap().is_none());
+        }
+        // Garbage in place of sled's files: rebuilt, not a crash.
+        for entry in std::fs::read_dir(&p).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::write(&path, b"garbage garbage garbage").unwrap();
+            }
+        }
+        let s = StateStore::open(&p, "v2").unwrap();
+        assert!(s.rebuilt());
+    }
+}
