@@ -28,6 +28,9 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// The reconciler stage.
     pub reconciler: ReconcilerConfig,
+    /// The fraud-guard rules. Checked strictly (unknown keys are errors) by the fraud-guard
+    /// crate, which owns their types.
+    pub fraud_guard: serde_json::Value,
 }
 
 /// Topic names (defaults from the wire contract v1).
@@ -236,7 +239,12 @@ impl Config {
             }
             fig = fig.merge(Toml::file(file));
         }
-        fig = fig.merge(Env::prefixed("TILLBRIDGE_").split("__"));
+        // TILLBRIDGE_CONFIG, TILLBRIDGE_LOG and TILLBRIDGE_TEST_KAFKA name no config key.
+        fig = fig.merge(
+            Env::prefixed("TILLBRIDGE_")
+                .ignore(&["config", "log", "test_kafka"])
+                .split("__"),
+        );
         let config: Config = fig.extract().map_err(|e| Error::Config(e.to_string()))?;
         config.validate()?;
         Ok(config)

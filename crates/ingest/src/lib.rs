@@ -1,1 +1,40 @@
-//! placeholder
+//! The ingest stage: the front door for till events.
+//!
+//! For each record of `till.events`, in partition order: size check, decode (protobuf or proto3
+//! JSON), contract validation, clock-skew check against the record timestamp, deduplication by
+//! `event_id`; then either dead-letter it (with a reason code, redacted of card data) or route it
+//! (see `tillbridge-router`). It implements [`Processor`], so the stage loop in
+//! `tillbridge_core::stage` gives it the at-least-once guarantee:
+//!
+//! **Guarantee.** A record's offset is acknowledged only after (1) every output for it
+//! (`promo.sessions`, re-keyed facts, or the dead letter) is acknowledged by the log, and then
+//! (2) its dedup index entry is flushed to sled. A crash before (1) re-processes the record and
+//! re-sends identical outputs (deterministic ids); a crash between (1) and (2) re-sends them too;
+//! a crash between (2) and the acknowledgement finds the id in the index and drops the replay as a
+//! plain duplicate, whose outputs are already durable. No event is lost; none is applied twice by
+//! a consumer that drops repeated output ids.
+//!
+//! Parts: [`Ingest`] (the processor), [`IngestStats`] (counters), and the dedup index with expiry
+//! (`dedup`), kept in a sled tree with a hot in-memory set (dashmap) in front.
+
+mod dedup;
+mod processor;
+
+pub use processor::{Ingest, IngestStats, TillGaps};
+
+/// Errors of the ingest stage. All of them stop the stage; retryable conditions (a broker that is
+/// down) are retried by the stage loop before they become one of these.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Core(#[from] tillbridge_core::Error),
+    #[error("state store: {0}")]
+    State(String),
+}
+
+impl Error {
+    /// Whether a retry can help (only a broker-side condition can).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Core(e) if e.is_retryable())
+    }
+}

@@ -81,13 +81,14 @@ fn pool() -> &'static DescriptorPool {
 
 /// Decodes a message of type `M` (full name `name`) from proto3 JSON. Both field-name forms are
 /// accepted, enums by name or number, 64-bit integers as numbers or strings, timestamps in RFC
-/// 3339. Unknown fields are ignored, as protobuf decoding ignores them.
+/// 3339. Unknown fields and unknown enum names are rejected (the proto3 JSON default), so a typo
+/// never silently becomes a default value.
 pub fn from_json<M: Message + Default>(name: &str, payload: &[u8]) -> Result<M, Rejection> {
     let desc = pool()
         .get_message_by_name(name)
         .ok_or_else(|| Rejection::new(RejectReason::DecodeError, format!("unknown message {name}")))?;
     let mut de = serde_json::Deserializer::from_slice(payload);
-    let opts = DeserializeOptions::new().deny_unknown_fields(false);
+    let opts = DeserializeOptions::new().deny_unknown_fields(true);
     let dynamic = DynamicMessage::deserialize_with_options(desc, &mut de, &opts)
         .and_then(|m| de.end().map(|()| m))
         .map_err(|e| Rejection::new(RejectReason::DecodeError, format!("invalid JSON: {}", json_error(&e))))?;

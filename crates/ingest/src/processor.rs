@@ -1,0 +1,388 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tillbridge_core::config::{IngestConfig, Topics};
+use tillbridge_core::domain::{Body, RejectReason, TillEvent};
+use tillbridge_core::log::{OutRecord, Record};
+use tillbridge_core::stage::Processor;
+use tillbridge_core::store::StateStore;
+use tillbridge_core::{ids, pan};
+use tillbridge_proto::{pb, Rejection};
+use tillbridge_router::{Router, SessionInfo};
+
+use crate::dedup::{DedupIndex, Seen};
+use crate::Error;
+
+/// Layout version of the ingest state; a store of another layout is rebuilt.
+const STATE_FORMAT: &str = "ingest-v1";
+/// Most bytes of an oversized payload kept in its dead letter (brokers cap record size).
+const OVERSIZED_KEEP_BYTES: usize = 64 * 1024;
+/// Most missing sequence numbers remembered per till.
+const MAX_GAPS_PER_TILL: usize = 1024;
+
+/// Counters of the ingest stage, shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub consumed: AtomicU64,
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    dead: [AtomicU64; 8],
+    pub routed: std::sync::Mutex<BTreeMap<String, u64>>,
+    pub dedup_index_size: AtomicU64,
+}
+
+impl IngestStats {
+    pub fn dead_lettered(&self, reason: RejectReason) -> u64 {
+        self.dead[reason as usize].load(Ordering::Relaxed)
+    }
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+    fn count_dead(&self, reason: RejectReason) {
+        self.dead[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    /// Records routed per destination topic.
+    pub fn routed(&self) -> BTreeMap<String, u64> {
+        self.routed.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// Sequence state of one till: the highest `till_seq` seen and the numbers below it never seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TillGaps {
+    pub highest: u64,
+    pub missing: Vec<u64>,
+}
+
+impl TillGaps {
+    fn observe(&mut self, seq: u64) {
+        if seq > self.highest {
+            let from = if self.highest == 0 { seq } else { self.highest + 1 };
+            for s in from..seq {
+                if self.missing.len() >= MAX_GAPS_PER_TILL {
+                    break;
+                }
+                self.missing.push(s);
+            }
+            self.highest = seq;
+        } else if let Ok(i) = self.missing.binary_search(&seq) {
+            self.missing.remove(i);
+        }
+    }
+}
+
+/// What the session index holds: the sale, and a cancel or full return that came first.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SessionEntry {
+    sale: Option<SessionInfo>,
+    /// A cancel or return that arrived before its sale (late sync), replayed when the sale comes.
+    waiting: Vec<Vec<u8>>,
+}
+
+/// The ingest processor (see the crate docs for its guarantee).
+#[derive(Debug)]
+pub struct Ingest {
+    cfg: IngestConfig,
+    topics: Topics,
+    router: Router,
+    store: StateStore,
+    dedup: DedupIndex,
+    sessions: sled::Tree,
+    tills: sled::Tree,
+    meta: sled::Tree,
+    /// Staged changes of the batch in flight.
+    staged_sessions: BTreeMap<String, SessionEntry>,
+    staged_tills: BTreeMap<String, TillGaps>,
+    /// Highest event time accepted (ms), the dedup window's reference.
+    watermark_ms: Option<i64>,
+    stats: Arc<IngestStats>,
+}
+
+fn state_err(e: sled::Error) -> Error {
+    Error::State(e.to_string())
+}
+
+impl Ingest {
+    /// Opens the stage's state under `state_dir`.
+    pub fn open(state_dir: &Path, topics: Topics, cfg: IngestConfig) -> Result<Self, Error> {
+        let store = StateStore::open(&state_dir.join("ingest"), STATE_FORMAT)?;
+        let dedup = DedupIndex::new(store.tree("dedup")?, store.tree("dedup_expiry")?);
+        let meta = store.tree("meta")?;
+        let watermark_ms = meta
+            .get("watermark_ms")
+            .map_err(state_err)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(i64::from_be_bytes);
+        let stats = Arc::new(IngestStats::default());
+        stats.dedup_index_size.store(dedup.len() as u64, Ordering::Relaxed);
+        Ok(Ingest {
+            router: Router::new(topics.clone()),
+            sessions: store.tree("sessions")?,
+            tills: store.tree("tills")?,
+            meta,
+            store,
+            dedup,
+            staged_sessions: BTreeMap::new(),
+            staged_tills: BTreeMap::new(),
+            watermark_ms,
+            cfg,
+            topics,
+            stats,
+        })
+    }
+
+    /// Whether the state was found damaged and recreated: the caller must replay from the start.
+    pub fn rebuilt(&self) -> bool {
+        self.store.rebuilt()
+    }
+
+    pub fn stats(&self) -> Arc<IngestStats> {
+        self.stats.clone()
+    }
+
+    /// The input topics.
+    pub fn input_topics(topics: &Topics) -> Vec<String> {
+        vec![topics.till_events.clone()]
+    }
+
+    /// Sequence gaps per till (`{store_id}/{till_id}`), as durable state knows them.
+    pub fn till_gaps(&self) -> Result<BTreeMap<String, TillGaps>, Error> {
+        let mut out = BTreeMap::new();
+        for item in self.tills.iter() {
+            let (k, v) = item.map_err(state_err)?;
+            if let Ok(g) = serde_json::from_slice::<TillGaps>(&v) {
+                out.insert(String::from_utf8_lossy(&k).into_owned(), g);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of ids in the dedup index.
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.len()
+    }
+
+    fn dead_letter(&self, rec: &Record, rejection: &Rejection, event_id: Option<String>) -> OutRecord {
+        self.stats.count_dead(rejection.reason);
+        let payload = rec.payload.as_deref().unwrap_or_default();
+        let mut original = pan::redact(payload);
+        let mut detail = rejection.detail.clone();
+        if rejection.reason == RejectReason::Oversized && original.len() > OVERSIZED_KEEP_BYTES {
+            original.truncate(OVERSIZED_KEEP_BYTES);
+            detail.push_str(&format!(" (original truncated to its first {OVERSIZED_KEEP_BYTES} bytes)"));
+        }
+        let source = format!("{}/{}/{}", rec.topic, rec.partition, rec.offset);
+        tracing::info!(
+            topic = %rec.topic, partition = rec.partition, offset = rec.offset,
+            reason = rejection.reason.code(), detail = %detail, "dead-lettered"
+        );
+        let dl = pb::DeadLetter {
+            id: ids::derive(&source, "dead_letter", 0).to_string(),
+            reason: rejection.reason.code().to_owned(),
+            detail,
+            source_topic: rec.topic.clone(),
+            source_partition: rec.partition,
+            source_offset: rec.offset,
+            original,
+            event_id,
+            rejected_at: Some(now_ts()),
+        };
+        let key = pan::redact(rec.key.as_deref().unwrap_or_default());
+        OutRecord::new(&self.topics.dlq, key, dl.encode_to_vec())
+            .with_header("content-type", tillbridge_router::CONTENT_TYPE_PROTOBUF)
+            .with_header("tillbridge-reason", rejection.reason.code())
+            .with_timestamp(rec.timestamp_ms)
+    }
+
+    fn session(&mut self, id: &str) -> Result<SessionEntry, Error> {
+        if let Some(e) = self.staged_sessions.get(id) {
+            return Ok(e.clone());
+        }
+        Ok(self
+            .sessions
+            .get(id.as_bytes())
+            .map_err(state_err)?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default())
+    }
+
+    fn till(&mut self, key: &str) -> Result<TillGaps, Error> {
+        if let Some(g) = self.staged_tills.get(key) {
+            return Ok(g.clone());
+        }
+        Ok(self
+            .tills
+            .get(key.as_bytes())
+            .map_err(state_err)?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default())
+    }
+
+    /// Routes an accepted event, keeping the session index.
+    fn route(&mut self, ev: &TillEvent, raw: &pb::TillEvent, ts: Option<i64>) -> Result<Vec<OutRecord>, Error> {
+        let mut out = Vec::new();
+        match &ev.body {
+            Body::Sale(_) => {
+                let sid = ev.session_id.clone().unwrap_or_default();
+                let mut entry = self.session(&sid)?;
+                let info = SessionInfo::from_sale(ev);
+                out.extend(self.router.route(ev, raw, ts, None));
+                // A cancel or return that synced before this sale releases it now.
+                for waiting in std::mem::take(&mut entry.waiting) {
+                    let Ok(w) = pb::TillEvent::decode(waiting.as_slice()) else { continue };
+                    let Ok(wev) = tillbridge_proto::validate(&w) else { continue };
+                    if let Some(i) = &info {
+                        out.extend(self.deferred(&wev, i, ts));
+                    }
+                }
+                entry.sale = info;
+                self.staged_sessions.insert(sid, entry);
+            }
+            Body::SessionCancelled { .. } | Body::Return(_) => {
+                let sid = match &ev.body {
+                    Body::Return(r) => r.original_session_id.clone(),
+                    _ => ev.session_id.clone().unwrap_or_default(),
+                };
+                let mut entry = self.session(&sid)?;
+                match &entry.sale {
+                    Some(orig) => out.extend(self.router.route(ev, raw, ts, Some(orig))),
+                    None => {
+                        out.extend(self.router.route(ev, raw, ts, None));
+                        entry.waiting.push(raw.encode_to_vec());
+                        self.staged_sessions.insert(sid, entry);
+                    }
+                }
+            }
+            Body::ManualOverride(_) | Body::TillStatus(_) => out.extend(self.router.route(ev, raw, ts, None)),
+        }
+        Ok(out)
+    }
+
+    /// The facts of a cancel or return whose sale arrived after it (without its session record,
+    /// which was routed when it arrived).
+    fn deferred(&self, ev: &TillEvent, orig: &SessionInfo, ts: Option<i64>) -> Vec<OutRecord> {
+        let raw = pb::TillEvent::default();
+        let mut recs = self.router.route(ev, &raw, ts, Some(orig));
+        recs.retain(|r| r.topic != self.topics.sessions);
+        recs
+    }
+
+    fn handle(&mut self, rec: &Record) -> Result<Vec<OutRecord>, Error> {
+        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        let payload = rec.payload.as_deref().unwrap_or_default();
+        if payload.len() > self.cfg.max_payload_bytes {
+            let r = Rejection::new(
+                RejectReason::Oversized,
+                format!("payload is {} bytes, the limit is {}", payload.len(), self.cfg.max_payload_bytes),
+            );
+            return Ok(vec![self.dead_letter(rec, &r, None)]);
+        }
+        if payload.is_empty() {
+            let r = Rejection::new(RejectReason::DecodeError, "empty payload");
+            return Ok(vec![self.dead_letter(rec, &r, None)]);
+        }
+        let raw = match tillbridge_proto::decode_till_event(payload, rec.header("content-type")) {
+            Ok(raw) => raw,
+            Err(r) => return Ok(vec![self.dead_letter(rec, &r, None)]),
+        };
+        let event_id = (!raw.event_id.is_empty() && !pan::contains(&raw.event_id)).then(|| raw.event_id.clone());
+        let ev = match tillbridge_proto::validate(&raw) {
+            Ok(ev) => ev,
+            Err(r) => return Ok(vec![self.dead_letter(rec, &r, event_id)]),
+        };
+        let record_ms = rec.timestamp_ms.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+        let skew_ms = self.cfg.max_clock_skew.as_millis() as i64;
+        let event_ms = ev.occurred_at.timestamp_millis();
+        if event_ms > record_ms.saturating_add(skew_ms) {
+            let r = Rejection::new(
+                RejectReason::ClockSkew,
+                format!(
+                    "occurred_at is {} ms ahead of the record timestamp; at most {skew_ms} ms allowed",
+                    event_ms - record_ms
+                ),
+            );
+            return Ok(vec![self.dead_letter(rec, &r, event_id)]);
+        }
+        match self.dedup.check(ev.event_id, tillbridge_proto::content_hash(&raw), event_ms)? {
+            Seen::Duplicate => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return Ok(Vec::new());
+            }
+            Seen::Conflict => {
+                let r = Rejection::new(
+                    RejectReason::DuplicateConflict,
+                    "event_id was seen before with different content",
+                );
+                return Ok(vec![self.dead_letter(rec, &r, event_id)]);
+            }
+            Seen::New => {}
+        }
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        self.watermark_ms = Some(self.watermark_ms.map_or(event_ms, |w| w.max(event_ms)));
+        let till_key = ev.till_key();
+        let mut gaps = self.till(&till_key)?;
+        gaps.observe(ev.till_seq);
+        self.staged_tills.insert(till_key, gaps);
+        let out = self.route(&ev, &raw, rec.timestamp_ms)?;
+        if let Ok(mut routed) = self.stats.routed.lock() {
+            for o in &out {
+                *routed.entry(o.topic.clone()).or_default() += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn now_ts() -> prost_types::Timestamp {
+    let now = chrono::Utc::now();
+    prost_types::Timestamp {
+        seconds: now.timestamp(),
+        nanos: now.timestamp_subsec_nanos() as i32,
+    }
+}
+
+impl Processor for Ingest {
+    type Error = Error;
+
+    fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Error> {
+        let mut out = Vec::with_capacity(batch.len() * 2);
+        for rec in batch {
+            out.extend(self.handle(rec)?);
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self) -> Result<(), Error> {
+        let horizon = self
+            .watermark_ms
+            .map(|w| w - self.cfg.dedup_window.as_millis() as i64);
+        let expired = self.dedup.commit(horizon)?;
+        let mut sessions = sled::Batch::default();
+        for (k, v) in std::mem::take(&mut self.staged_sessions) {
+            let bytes = serde_json::to_vec(&v).map_err(|e| Error::State(e.to_string()))?;
+            sessions.insert(k.as_bytes(), bytes);
+        }
+        self.sessions.apply_batch(sessions).map_err(state_err)?;
+        let mut tills = sled::Batch::default();
+        for (k, v) in std::mem::take(&mut self.staged_tills) {
+            let bytes = serde_json::to_vec(&v).map_err(|e| Error::State(e.to_string()))?;
+            tills.insert(k.as_bytes(), bytes);
+        }
+        self.tills.apply_batch(tills).map_err(state_err)?;
+        if let Some(w) = self.watermark_ms {
+            self.meta.insert("watermark_ms", &w.to_be_bytes()).map_err(state_err)?;
+        }
+        self.store.flush().await?;
+        self.stats
+            .dedup_index_size
+            .store(self.dedup.len() as u64, Ordering::Relaxed);
+        if expired > 0 {
+            tracing::debug!(expired, "dedup entries expired");
+        }
+        Ok(())
+    }
+}

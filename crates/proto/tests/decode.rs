@@ -1,0 +1,160 @@
+//! The decoder against what outside clients send: both JSON field-name forms, enums by name,
+//! 64-bit integers as strings or numbers; and against arbitrary input, where it must always
+//! answer with an event or a typed rejection, never a panic.
+
+use proptest::prelude::*;
+use tillbridge_core::domain::{Body, RejectReason};
+use tillbridge_proto::{decode_till_event, detect_encoding, pb, to_json, validate, Encoding};
+
+const SALE: &str = r#"{"eventId":"0b6f2a59-3f8e-4f54-8a57-7b2f0f7c1c11","storeId":"S1","tillId":"T1",
+"tillSeq":"12","occurredAt":"2026-11-02T10:15:00Z","channel":"KIOSK","sessionId":"R-1","currency":"EUR",
+"sale":{"lines":[{"sku":"A","quantity":2,"unitPriceMinor":"1000"}],"coupons":[{"code":"C","discountMinor":"250"}],
+"totalMinor":1750}}"#;
+
+fn reject(json: &str) -> RejectReason {
+    match decode_till_event(json.as_bytes(), None).and_then(|e| validate(&e)) {
+        Ok(_) => panic!("accepted: {json}"),
+        Err(r) => r.reason,
+    }
+}
+
+#[test]
+fn camel_case_json_with_string_integers_decodes() {
+    let raw = decode_till_event(SALE.as_bytes(), None).unwrap();
+    let ev = validate(&raw).unwrap();
+    assert_eq!(ev.till_seq, 12);
+    let Body::Sale(s) = ev.body else { panic!("not a sale") };
+    assert_eq!(s.total_minor, 1750);
+    assert_eq!(s.coupons[0].discount_minor, 250);
+}
+
+#[test]
+fn snake_case_and_numbers_decode_the_same() {
+    let snake = SALE
+        .replace("eventId", "event_id")
+        .replace("storeId", "store_id")
+        .replace("tillId", "till_id")
+        .replace("\"tillSeq\":\"12\"", "\"till_seq\":12")
+        .replace("occurredAt", "occurred_at")
+        .replace("sessionId", "session_id")
+        .replace("unitPriceMinor", "unit_price_minor")
+        .replace("discountMinor", "discount_minor")
+        .replace("totalMinor", "total_minor");
+    let a = decode_till_event(SALE.as_bytes(), None).unwrap();
+    let b = decode_till_event(snake.as_bytes(), None).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(tillbridge_proto::content_hash(&a), tillbridge_proto::content_hash(&b));
+}
+
+#[test]
+fn json_round_trips_through_the_proto3_mapping() {
+    let raw = decode_till_event(SALE.as_bytes(), None).unwrap();
+    let json = to_json(&raw);
+    assert!(json.contains("\"eventId\""), "{json}");
+    assert_eq!(decode_till_event(json.as_bytes(), None).unwrap(), raw);
+    let bin = prost::Message::encode_to_vec(&raw);
+    assert_eq!(detect_encoding(&bin, None), Encoding::Protobuf);
+    assert_eq!(decode_till_event(&bin, None).unwrap(), raw);
+    assert_eq!(detect_encoding(b"  {", None), Encoding::Json);
+    assert_eq!(detect_encoding(b"x", Some(b"application/json; charset=utf-8")), Encoding::Json);
+}
+
+#[test]
+fn unknown_json_fields_are_rejected_with_their_name() {
+    let extra = SALE.replacen('{', r#"{"posVendorExtension":{"a":1},"#, 1);
+    let r = decode_till_event(extra.as_bytes(), None).unwrap_err();
+    assert_eq!(r.reason, RejectReason::DecodeError);
+    assert!(r.detail.contains("posVendorExtension"), "{}", r.detail);
+}
+
+#[test]
+fn every_contract_rule_has_its_reason() {
+    assert_eq!(reject("{\"eventId\":"), RejectReason::DecodeError);
+    assert_eq!(reject(&SALE.replace("\"storeId\":\"S1\",", "")), RejectReason::MissingField);
+    assert_eq!(reject(&SALE.replace("\"S1\"", "\"S 1\"")), RejectReason::InvalidField);
+    assert_eq!(reject(&SALE.replace("0b6f2a59-3f8e", "not-a-uuid")), RejectReason::InvalidField);
+    assert_eq!(reject(&SALE.replace("\"tillSeq\":\"12\",", "")), RejectReason::MissingField);
+    assert_eq!(reject(&SALE.replace("\"quantity\":2", "\"quantity\":0")), RejectReason::InvalidField);
+    assert_eq!(reject(&SALE.replace("\"sessionId\":\"R-1\",", "")), RejectReason::MissingField);
+    assert_eq!(reject(&SALE.replace("\"currency\":\"EUR\",", "")), RejectReason::MissingField);
+    assert_eq!(reject(&SALE.replace("\"EUR\"", "\"euro\"")), RejectReason::InvalidField);
+    assert_eq!(reject(&SALE.replace("1750", "1751")), RejectReason::InconsistentTotal);
+    assert_eq!(reject(&SALE.replace("\"channel\":\"KIOSK\"", "\"channel\":\"FAX\"")), RejectReason::DecodeError);
+    assert_eq!(
+        reject(&SALE.replace("\"sku\":\"A\"", "\"sku\":\"5500-0000-0000-0004\"")),
+        RejectReason::CardData
+    );
+    let r = decode_till_event(SALE.replace("\"sku\":\"A\"", "\"sku\":\"5500 0000 0000 0004\"").as_bytes(), None)
+        .and_then(|e| validate(&e))
+        .unwrap_err();
+    assert!(r.detail.contains("sale.lines[0].sku"), "{}", r.detail);
+    assert!(!r.detail.contains("5500"), "{}", r.detail);
+    let no_body = r#"{"eventId":"0b6f2a59-3f8e-4f54-8a57-7b2f0f7c1c11","storeId":"S1","tillId":"T1","tillSeq":1,"occurredAt":"2026-11-02T10:15:00Z"}"#;
+    assert_eq!(reject(no_body), RejectReason::MissingField);
+}
+
+#[test]
+fn a_missing_total_is_computed() {
+    let raw = decode_till_event(SALE.replace(",\n\"totalMinor\":1750", "").as_bytes(), None).unwrap();
+    let Body::Sale(s) = validate(&raw).unwrap().body else { panic!() };
+    assert_eq!(s.total_minor, 1750);
+}
+
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        "[a-zA-Z0-9 _:.-]{0,20}".prop_map(serde_json::Value::String),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        let keys = prop_oneof![
+            Just("eventId".to_owned()),
+            Just("storeId".to_owned()),
+            Just("tillSeq".to_owned()),
+            Just("occurredAt".to_owned()),
+            Just("sale".to_owned()),
+            Just("lines".to_owned()),
+            Just("quantity".to_owned()),
+            Just("return".to_owned()),
+            Just("totalMinor".to_owned()),
+            "[a-z]{1,8}".prop_map(|s| s),
+        ];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            prop::collection::btree_map(keys, inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_till_event(&bytes, None).map(|e| validate(&e));
+        let _ = decode_till_event(&bytes, Some(b"application/json")).map(|e| validate(&e));
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics(v in arb_json()) {
+        let text = v.to_string();
+        match decode_till_event(text.as_bytes(), None).and_then(|e| validate(&e)) {
+            Ok(_) => {}
+            Err(r) => prop_assert!(!r.detail.is_empty()),
+        }
+    }
+
+    #[test]
+    fn mutated_valid_protobuf_never_panics(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let raw = decode_till_event(SALE.as_bytes(), None).unwrap();
+        let mut bin = prost::Message::encode_to_vec(&raw);
+        for (i, b) in flips {
+            let at = i.index(bin.len());
+            bin[at] = b;
+        }
+        let _ = decode_till_event(&bin, None).map(|e| validate(&e));
+        let _ = pb::TillEvent::default();
+    }
+}
