@@ -1,11 +1,16 @@
 //! Card numbers (PAN): a run of 13 to 19 digits, with single spaces or dashes allowed between
 //! digits, that passes the Luhn check. Such a run must never reach a log, a report or a topic.
+//!
+//! Digits inside a UUID-shaped token (8-4-4-4-12 hex digits) are not a card number: identifiers
+//! such as session ids are often UUIDs, and the all-digit groups of a random UUID pass the Luhn
+//! check often enough to reject real traffic.
 
 /// Smallest and largest number of digits a PAN has.
 const PAN_DIGITS: std::ops::RangeInclusive<usize> = 13..=19;
 
 /// Byte ranges (start, end exclusive) of every PAN in `bytes`.
 pub fn find(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let uuids = uuid_spans(bytes);
     let mut found = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
@@ -34,7 +39,8 @@ pub fn find(bytes: &[u8]) -> Vec<(usize, usize)> {
                 break;
             }
         }
-        if PAN_DIGITS.contains(&digits.len()) && luhn(&digits) {
+        let in_uuid = uuids.iter().any(|&(us, ue)| start >= us && end <= ue);
+        if PAN_DIGITS.contains(&digits.len()) && luhn(&digits) && !in_uuid {
             found.push((start, end));
         }
         i = end.max(i + 1);
@@ -58,6 +64,32 @@ pub fn redact(bytes: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Byte ranges of UUID-shaped tokens (`8-4-4-4-12` hex digits, not part of a longer word).
+fn uuid_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
+    const LEN: usize = 36;
+    let mut spans = Vec::new();
+    if bytes.len() < LEN {
+        return spans;
+    }
+    let mut i = 0;
+    while i + LEN <= bytes.len() {
+        let w = &bytes[i..i + LEN];
+        let shaped = w.iter().enumerate().all(|(k, b)| match k {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+        let bounded = (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
+            && (i + LEN == bytes.len() || !bytes[i + LEN].is_ascii_alphanumeric());
+        if shaped && bounded {
+            spans.push((i, i + LEN));
+            i += LEN;
+        } else {
+            i += 1;
+        }
+    }
+    spans
 }
 
 fn luhn(digits: &[u8]) -> bool {
@@ -102,6 +134,16 @@ mod tests {
         assert!(!contains("41111111111111111111")); // 20 digits
         assert!(!contains("receipt R-000123"));
         assert!(!contains("4111  1111 1111 1111")); // two separators in a row break the run
+    }
+
+    #[test]
+    fn uuids_are_not_card_numbers() {
+        // 8-4-4 all-digit groups: 16 digits with dashes that pass the Luhn check.
+        let digits = "41111111-1111-1111-a111-111111111111";
+        assert!(!contains(digits));
+        assert!(!contains(&format!("R-{digits}")));
+        // A card number next to a UUID is still found.
+        assert!(contains(&format!("{digits} card 4111 1111 1111 1111")));
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl StateStore {
                 "state format {:?}, expected {format:?}",
                 String::from_utf8_lossy(&v)
             )),
-            None if existed && db.len() > 0 => Err("state has no format marker".into()),
+            None if existed && !db.is_empty() => Err("state has no format marker".into()),
             None => {
                 db.insert(FORMAT_KEY, format.as_bytes())
                     .map_err(|e| e.to_string())?;

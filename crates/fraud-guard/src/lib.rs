@@ -1,1 +1,82 @@
-//! placeholder
+//! The fraud-guard stage: streaming fraud rules over accepted till events, with alerts and a risk
+//! score. The reconciler settles what happened; fraud-guard warns while it is happening.
+//!
+//! It reads `promo.sessions` (every accepted, deduplicated till event as a protobuf
+//! `TillEvent`; the record timestamp is the one of the original till record) and writes
+//! `FraudAlert`s to `tillbridge.alerts`, keyed by store id. Rules, all in event time
+//! (`occurred_at`), each with its own switch, thresholds, window and weight in
+//! [`FraudGuardConfig`]:
+//!
+//! - COUPON_VELOCITY: one coupon code at >= 3 stores or >= 4 tills within 30 minutes.
+//! - OFFLINE_EXPOSURE: per store, coupon and line discounts given offline since each till last
+//!   synced (an online event or a till_status ONLINE) over 500.00 (50000 minor units).
+//! - OVERRIDE_RATE: per cashier, more than 5 manual overrides within an hour.
+//! - RETURN_AFTER_REDEMPTION: a partial return within 24 h of a sale that used a coupon (a full
+//!   return releases the coupon and raises nothing).
+//! - SEQUENCE_GAP: a missing `till_seq` still missing 1 h of the till's event time later (or
+//!   once no accepted event could fill it any more).
+//! - CLOCK_DRIFT: `occurred_at` more than 10 minutes from the record timestamp on an event not
+//!   flagged offline.
+//!
+//! Every alert has a deterministic id (rule, subject and cool-down bucket), a subject (`store:`,
+//! `till:`, `cashier:` or a masked `coupon:SU…YZ#<hmac16>`; a full coupon code is never stored
+//! or written), evidence (event ids and a readable summary), a risk score 0..100 (the rule's
+//! weight at the threshold, rising to 100 at twice the threshold), its window, and `late` when
+//! the newest event time seen had already passed the window's end. Alerts of the same rule and
+//! subject whose windows start within the cool-down are merged into the first.
+//!
+//! An alert, in proto3 JSON (ids shortened):
+//!
+//! ```text
+//! {"id":"f21b91cf-…","rule":"COUPON_VELOCITY","storeId":"store-03",
+//!  "subject":"coupon:SP…EF#750746f3cdbb4820","riskScore":70,"eventIds":["3d12…","55eb…","ce0b…"],
+//!  "evidence":"3 redemptions at 3 stores (store-01, store-02, store-03) and 3 tills between
+//!   2026-03-02T09:00:00.000Z and 2026-03-02T09:11:00.000Z; limits 3 stores or 4 tills within 30m",
+//!  "windowStart":"2026-03-02T09:00:00Z","windowEnd":"2026-03-02T09:30:00Z"}
+//! ```
+//!
+//! State is bounded by `max_lateness` (default 72 h): events further behind the newest event
+//! time are counted and skipped, and every window that ends before that horizon is dropped.
+//!
+//! Parts: [`FraudGuard`] (the [`Processor`](tillbridge_core::stage::Processor), with the
+//! delivery guarantee on its docs), [`FraudGuardConfig`] and one sub-struct per rule,
+//! [`FraudGuardStats`], [`Error`] and [`ConfigError`]. Inside: `engine` (rule state and
+//! evaluation, bounded by `max_lateness`), `alert` (masking, scores, ids), `config`.
+
+mod alert;
+mod config;
+mod engine;
+mod processor;
+
+use tillbridge_core::config::Topics;
+
+pub use config::{
+    ClockDriftConfig, ConfigError, CouponVelocityConfig, FraudGuardConfig, OfflineExposureConfig,
+    OverrideRateConfig, ReturnAfterRedemptionConfig, SequenceGapConfig,
+};
+pub use processor::{FraudGuard, FraudGuardStats};
+
+/// Errors of the fraud-guard stage. Malformed records are not errors (they are counted and
+/// skipped); these stop the stage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Core(#[from] tillbridge_core::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The stored state could not be written or read back.
+    #[error("fraud-guard state: {0}")]
+    State(String),
+}
+
+impl Error {
+    /// Whether a retry can help (only a broker-side condition can).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Core(e) if e.is_retryable())
+    }
+}
+
+/// The topics the stage reads.
+pub fn input_topics(topics: &Topics) -> Vec<String> {
+    vec![topics.sessions.clone()]
+}

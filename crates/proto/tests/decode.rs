@@ -158,3 +158,17 @@ proptest! {
         let _ = pb::TillEvent::default();
     }
 }
+
+/// The JSON examples in docs/CONTRACT.md are what integrators paste: they must stay valid.
+#[test]
+fn contract_doc_examples_are_valid() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/CONTRACT.md")).unwrap();
+    let mut found = 0;
+    for block in doc.split("```json").skip(1) {
+        let json = block.split("```").next().unwrap();
+        let raw = decode_till_event(json.as_bytes(), None).unwrap_or_else(|r| panic!("{r}: {json}"));
+        validate(&raw).unwrap_or_else(|r| panic!("{r}: {json}"));
+        found += 1;
+    }
+    assert!(found >= 2);
+}

@@ -1,0 +1,238 @@
+//! What an alert is made of: the rule, coupon masking and fingerprints, the risk score and the
+//! deterministic id.
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tillbridge_core::ids;
+use tillbridge_proto::pb;
+use uuid::Uuid;
+
+/// Most event ids listed in one alert; the evidence string says how many more there were.
+pub(crate) const MAX_EVIDENCE_IDS: usize = 32;
+/// Hex digits of the HMAC fingerprint shown for a coupon.
+const FINGERPRINT_HEX: usize = 16;
+/// Codes shorter than this are masked entirely: showing four characters would reveal too much.
+const MIN_CODE_LEN_TO_SHOW_ENDS: usize = 8;
+
+/// The six rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Rule {
+    CouponVelocity,
+    OfflineExposure,
+    OverrideRate,
+    ReturnAfterRedemption,
+    SequenceGap,
+    ClockDrift,
+}
+
+impl Rule {
+    pub(crate) const ALL: [Rule; 6] = [
+        Rule::CouponVelocity,
+        Rule::OfflineExposure,
+        Rule::OverrideRate,
+        Rule::ReturnAfterRedemption,
+        Rule::SequenceGap,
+        Rule::ClockDrift,
+    ];
+
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            Rule::CouponVelocity => "COUPON_VELOCITY",
+            Rule::OfflineExposure => "OFFLINE_EXPOSURE",
+            Rule::OverrideRate => "OVERRIDE_RATE",
+            Rule::ReturnAfterRedemption => "RETURN_AFTER_REDEMPTION",
+            Rule::SequenceGap => "SEQUENCE_GAP",
+            Rule::ClockDrift => "CLOCK_DRIFT",
+        }
+    }
+
+    pub(crate) fn pb(self) -> pb::AlertRule {
+        match self {
+            Rule::CouponVelocity => pb::AlertRule::CouponVelocity,
+            Rule::OfflineExposure => pb::AlertRule::OfflineExposure,
+            Rule::OverrideRate => pb::AlertRule::OverrideRate,
+            Rule::ReturnAfterRedemption => pb::AlertRule::ReturnAfterRedemption,
+            Rule::SequenceGap => pb::AlertRule::SequenceGap,
+            Rule::ClockDrift => pb::AlertRule::ClockDrift,
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Fingerprints and masks coupon codes so that no full code is ever stored or written.
+#[derive(Clone)]
+pub(crate) struct CodeMasker {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for CodeMasker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeMasker { key: <redacted> }")
+    }
+}
+
+impl CodeMasker {
+    pub(crate) fn new(report_key: &str) -> Self {
+        CodeMasker {
+            key: report_key.as_bytes().to_vec(),
+        }
+    }
+
+    /// HMAC-SHA256(report_key, code), first 16 hex digits.
+    pub(crate) fn fingerprint(&self, code: &str) -> String {
+        // HMAC accepts keys of any length, so this cannot fail; an empty tag would still never
+        // reveal the code.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            return String::new();
+        };
+        mac.update(code.as_bytes());
+        let mut h = hex::encode(mac.finalize().into_bytes());
+        h.truncate(FINGERPRINT_HEX);
+        h
+    }
+
+    /// The subject of a coupon: `coupon:AB…YZ#<fingerprint>`.
+    pub(crate) fn subject(&self, code: &str) -> String {
+        format!("coupon:{}#{}", mask(code), self.fingerprint(code))
+    }
+}
+
+/// The first two and last two characters of a code, or only an ellipsis for a short code.
+pub(crate) fn mask(code: &str) -> String {
+    let chars: Vec<char> = code.chars().collect();
+    if chars.len() < MIN_CODE_LEN_TO_SHOW_ENDS {
+        return "…".to_owned();
+    }
+    let head: String = chars[..2].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+/// The risk score: `weight` at the threshold, rising linearly to 100 at `excess_pct` = 100
+/// (observed twice the threshold, or as far past it as the rule measures).
+pub(crate) fn risk_score(weight: u8, excess_pct: i64) -> u32 {
+    let w = i64::from(weight.min(100));
+    let e = excess_pct.clamp(0, 100);
+    u32::try_from(w + (100 - w) * e / 100).unwrap_or(100)
+}
+
+/// How far `observed` is past `threshold`, in percent of the threshold.
+pub(crate) fn excess_pct(observed: i64, threshold: i64) -> i64 {
+    if threshold <= 0 {
+        return 0;
+    }
+    let e = (i128::from(observed) - i128::from(threshold)) * 100 / i128::from(threshold);
+    i64::try_from(e.clamp(0, 100)).unwrap_or(100)
+}
+
+/// A rule that fired, before cool-down and scoring.
+#[derive(Clone, Debug)]
+pub(crate) struct Trigger {
+    pub rule: Rule,
+    pub store_id: String,
+    pub subject: String,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub event_ids: Vec<Uuid>,
+    pub evidence: String,
+    pub excess_pct: i64,
+}
+
+/// The deterministic id of an alert: rule, subject and the cool-down bucket its window starts in.
+/// Two alerts that are not merged start at least one cool-down apart, so their buckets differ.
+pub(crate) fn alert_id(rule: Rule, subject: &str, window_start_ms: i64, cooldown_ms: i64) -> Uuid {
+    let bucket = if cooldown_ms > 0 {
+        window_start_ms.div_euclid(cooldown_ms)
+    } else {
+        window_start_ms
+    };
+    ids::derive(
+        &format!("{}|{subject}|{bucket}", rule.code()),
+        "fraud_alert",
+        0,
+    )
+}
+
+pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// An event time for evidence strings (RFC 3339, UTC).
+pub(crate) fn fmt_ms(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A duration in ms for evidence strings (`1h2m3s`).
+pub(crate) fn fmt_dur(ms: i64) -> String {
+    let sign = if ms < 0 { "-" } else { "" };
+    let d = std::time::Duration::from_millis(ms.unsigned_abs());
+    format!(
+        "{sign}{}",
+        humantime_serde::re::humantime::format_duration(d)
+    )
+}
+
+/// Event ids for an alert: at most [`MAX_EVIDENCE_IDS`], and how many were left out.
+pub(crate) fn capped_ids(ids: &[Uuid]) -> (Vec<String>, usize) {
+    let mut v: Vec<Uuid> = ids.to_vec();
+    v.sort();
+    v.dedup();
+    let extra = v.len().saturating_sub(MAX_EVIDENCE_IDS);
+    (
+        v.into_iter()
+            .take(MAX_EVIDENCE_IDS)
+            .map(|u| u.to_string())
+            .collect(),
+        extra,
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_never_show_the_whole_code() {
+        assert_eq!(mask("SUMMER2026-XYZ"), "SU…YZ");
+        assert_eq!(mask("ABC"), "…");
+        assert_eq!(mask("ABCDEFG"), "…");
+        let m = CodeMasker::new("k");
+        let s = m.subject("SUMMER2026-XYZ");
+        assert!(s.starts_with("coupon:SU…YZ#"));
+        assert_eq!(s.len(), "coupon:SU…YZ#".len() + 16);
+        assert_ne!(
+            m.fingerprint("A"),
+            CodeMasker::new("other").fingerprint("A")
+        );
+    }
+
+    #[test]
+    fn scores_rise_from_the_weight_to_100() {
+        assert_eq!(risk_score(40, excess_pct(5, 5)), 40);
+        assert_eq!(risk_score(40, excess_pct(10, 5)), 100);
+        assert_eq!(risk_score(40, excess_pct(50, 5)), 100);
+        assert_eq!(risk_score(40, excess_pct(6, 5)), 52);
+        assert_eq!(risk_score(200, 0), 100);
+    }
+
+    #[test]
+    fn ids_are_stable_per_cooldown_bucket() {
+        let a = alert_id(Rule::ClockDrift, "till:s/t", 1_000, 3_600_000);
+        assert_eq!(a, alert_id(Rule::ClockDrift, "till:s/t", 2_000, 3_600_000));
+        assert_ne!(
+            a,
+            alert_id(Rule::ClockDrift, "till:s/t", 3_700_000, 3_600_000)
+        );
+        assert_ne!(a, alert_id(Rule::SequenceGap, "till:s/t", 1_000, 3_600_000));
+    }
+}
