@@ -1,1 +1,133 @@
-fn main() {}
+//! The `tillbridge` command: parses arguments, sets up tracing, and calls the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tillbridge::{Stages, Transport};
+use tillbridge_core::config::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "An event-sourced broker between POS fleets and a promotion and loyalty core")]
+struct Cli {
+    /// TOML configuration file (defaults apply without one; TILLBRIDGE_* variables override).
+    #[arg(long, short, global = true, env = "TILLBRIDGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the pipeline: on Kafka when `[kafka]` is configured, else on the embedded log.
+    Run {
+        /// Stages to run, comma separated.
+        #[arg(long, default_value = "ingest,reconciler,fraud-guard", value_delimiter = ',')]
+        stages: Vec<String>,
+        /// Stop once every input is consumed (embedded log only).
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Check JSON-lines events against the contract and append the good ones to `till.events`.
+    Publish {
+        /// File of JSON lines; `-` or none reads standard input.
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        /// Topic to append to (default: the configured till events topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only check; append nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run a simulated POS fleet through every stage and write a reconciliation report.
+    Demo {
+        /// Seed of the simulator; the same seed gives the same results.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Where the report is written.
+        #[arg(long, default_value = "tillbridge-demo")]
+        out: PathBuf,
+        /// Also print every fraud alert with its evidence.
+        #[arg(long)]
+        alerts: bool,
+    },
+    /// Write the reconciliation report (JSON, CSV, HTML) from the reconciler's state.
+    Report {
+        /// Output directory.
+        #[arg(long, default_value = "reports")]
+        out: PathBuf,
+    },
+    /// Create every topic on the configured Kafka cluster.
+    CreateTopics {
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TILLBRIDGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    match cli.command {
+        Command::Run { stages, until_idle } => {
+            let stages = Stages::parse(&stages)?;
+            let transport = Transport::from_config(&config)?;
+            let summary = tillbridge::run(&config, &transport, stages, until_idle, shutdown).await?;
+            println!("{summary}");
+        }
+        Command::Publish { file, topic, check } => {
+            let transport = Transport::from_config(&config)?;
+            let input: Box<dyn std::io::BufRead> = match file {
+                Some(f) if f.as_os_str() != "-" => Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?,
+                )),
+                _ => Box::new(std::io::BufReader::new(std::io::stdin())),
+            };
+            let topic = topic.unwrap_or_else(|| config.topics.till_events.clone());
+            let report = tillbridge::publish::publish(input, &transport, &topic, check).await?;
+            print!("{report}");
+            if report.rejected() > 0 {
+                std::process::exit(1);
+            }
+        }
+        Command::Demo { seed, out, alerts } => {
+            let summary = tillbridge::demo::run(seed, &out, shutdown).await?;
+            println!("{summary}");
+            if alerts {
+                for line in &summary.alert_lines {
+                    println!("{line}");
+                }
+            }
+        }
+        Command::Report { out } => {
+            let files = tillbridge::write_report(&config, &out)?;
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+        }
+        Command::CreateTopics { partitions } => {
+            let Transport::Kafka(k) = Transport::from_config(&config)? else {
+                anyhow::bail!("create-topics needs a [kafka] section");
+            };
+            k.create_topics(&config.topics.all(), partitions).await?;
+            println!("topics ready");
+        }
+    }
+    Ok(())
+}

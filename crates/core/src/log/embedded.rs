@@ -250,24 +250,38 @@ pub struct EmbeddedSource {
 }
 
 impl EmbeddedSource {
+    /// Up to `limits` records, merged across partitions by record timestamp (each partition
+    /// stays in offset order), so that a reader of several partitions sees roughly the order in
+    /// which records were written, as it would from a broker, and not one partition after another.
     fn read_available(&mut self, limits: BatchLimits) -> Result<Vec<Record>> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
+        let mut queues: Vec<std::collections::VecDeque<Record>> = Vec::new();
         let keys: Vec<(String, i32)> = self.cursors.keys().cloned().collect();
         for (topic, p) in keys {
             let tree = self.log.tree(&topic, p)?;
             let from = self.cursors[&(topic.clone(), p)];
-            for item in tree.range(from.to_be_bytes()..) {
-                if out.len() >= limits.max_records || (bytes >= limits.max_bytes && !out.is_empty()) {
-                    return Ok(out);
-                }
+            let mut q = std::collections::VecDeque::new();
+            for item in tree.range(from.to_be_bytes()..).take(limits.max_records) {
                 let (k, v) = item.map_err(|e| self.log.err(e))?;
-                let offset = decode_u64(&k)?;
-                let rec = decode_record(&topic, p, offset as i64, &v)?;
-                bytes += rec.size();
-                out.push(rec);
-                self.cursors.insert((topic.clone(), p), offset + 1);
+                q.push_back(decode_record(&topic, p, decode_u64(&k)? as i64, &v)?);
             }
+            if !q.is_empty() {
+                queues.push(q);
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < limits.max_records && (bytes < limits.max_bytes || out.is_empty()) {
+            let next = queues
+                .iter()
+                .enumerate()
+                .filter_map(|(i, q)| q.front().map(|r| (r.timestamp_ms, i)))
+                .min();
+            let Some((_, i)) = next else { break };
+            let Some(rec) = queues[i].pop_front() else { break };
+            bytes += rec.size();
+            self.cursors
+                .insert((rec.topic.clone(), rec.partition), rec.offset as u64 + 1);
+            out.push(rec);
         }
         Ok(out)
     }

@@ -1,0 +1,35 @@
+use std::path::PathBuf;
+
+/// Errors of the reconciler. [`Error::is_retryable`] tells whether trying again can help.
+///
+/// A malformed input record is not an error: it is counted and skipped, so one bad record never
+/// stops the stage. These are the failures the stage cannot work around.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The shared foundation failed (state store, configuration, log).
+    #[error(transparent)]
+    Core(#[from] tillbridge_core::Error),
+    /// sled failed while reading or writing the reconciler's state.
+    #[error("reconciler state store error: {0}")]
+    Storage(#[from] sled::Error),
+    /// A stored value could not be read back. `what` names the kind of entry, never a coupon code.
+    #[error("corrupt reconciler state ({what}): {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    /// `report` was asked for a state directory that does not exist.
+    #[error("no reconciler state at {0}")]
+    NoState(PathBuf),
+    /// Writing a report file failed.
+    #[error("writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Core(e) if e.is_retryable())
+    }
+}

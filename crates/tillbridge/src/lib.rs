@@ -1,0 +1,243 @@
+//! The tillbridge process: wires the stages to a transport and runs them.
+//!
+//! - [`Transport`]: Kafka when configured, else the embedded sled log.
+//! - [`run`]: runs the chosen stages concurrently under one shutdown token; a stage that fails
+//!   cancels the others.
+//! - [`publish`]: the integrator's first tool (check JSON lines against the contract, append).
+//! - [`demo`]: a simulated POS fleet through every stage, ending in a reconciliation report.
+
+pub mod demo;
+pub mod publish;
+mod sim;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use tillbridge_core::config::Config;
+use tillbridge_core::log::{BatchLimits, EmbeddedLog, KafkaLog, OutRecord, Sink};
+use tillbridge_core::stage::{self, Processor, StageStats, Until};
+use tillbridge_fraud_guard::{FraudGuard, FraudGuardConfig};
+use tillbridge_ingest::Ingest;
+use tillbridge_reconciler::Reconciler;
+use tokio_util::sync::CancellationToken;
+
+/// How long a stage waits for records before it checks for shutdown or idleness.
+const POLL_WAIT: Duration = Duration::from_millis(200);
+
+/// Where records live.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    Embedded(EmbeddedLog),
+    Kafka(KafkaLog),
+}
+
+impl Transport {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Ok(match &config.kafka {
+            Some(k) => Transport::Kafka(KafkaLog::new(k.clone())),
+            None => {
+                std::fs::create_dir_all(&config.embedded.path)
+                    .with_context(|| format!("creating {}", config.embedded.path.display()))?;
+                Transport::Embedded(EmbeddedLog::open(&config.embedded.path, config.embedded.partitions)?)
+            }
+        })
+    }
+
+    /// Appends records (and waits until they are durable).
+    pub async fn append(&self, records: Vec<OutRecord>) -> anyhow::Result<()> {
+        match self {
+            Transport::Embedded(log) => log.append(records).await?,
+            Transport::Kafka(k) => {
+                let sink = k.sink()?;
+                sink.send(records).await?;
+                sink.flush()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which stages a process runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stages {
+    pub ingest: bool,
+    pub reconciler: bool,
+    pub fraud_guard: bool,
+}
+
+impl Stages {
+    pub const ALL: Stages = Stages {
+        ingest: true,
+        reconciler: true,
+        fraud_guard: true,
+    };
+
+    pub fn parse(names: &[String]) -> anyhow::Result<Stages> {
+        let mut s = Stages::default();
+        for n in names {
+            match n.trim() {
+                "ingest" | "router" => s.ingest = true,
+                "reconciler" => s.reconciler = true,
+                "fraud-guard" | "fraud_guard" => s.fraud_guard = true,
+                "all" => s = Stages::ALL,
+                other => anyhow::bail!("unknown stage {other:?} (ingest, reconciler, fraud-guard)"),
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    pub stages: Vec<(&'static str, StageStats)>,
+}
+
+impl fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, s) in &self.stages {
+            writeln!(
+                f,
+                "{name}: {} records in {} batches, {} outputs, {} send retries",
+                s.records, s.batches, s.outputs, s.send_retries
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one stage over the transport.
+pub async fn run_stage<P>(
+    name: &'static str,
+    transport: &Transport,
+    topics: &[String],
+    processor: &mut P,
+    limits: BatchLimits,
+    until: Until,
+    shutdown: CancellationToken,
+) -> anyhow::Result<StageStats>
+where
+    P: Processor,
+{
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    match transport {
+        Transport::Embedded(log) => {
+            let mut source = log.source(name, &topics)?;
+            let sink = log.sink();
+            Ok(stage::run(name, &mut source, &sink, processor, limits, until, shutdown).await?)
+        }
+        Transport::Kafka(k) => {
+            let mut source = k.source(name, &topics)?;
+            let sink = k.sink()?;
+            let result = stage::run(name, &mut source, &sink, processor, limits, Until::Shutdown, shutdown).await;
+            sink.flush()?;
+            source.commit_stored()?;
+            Ok(result?)
+        }
+    }
+}
+
+fn limits(config: &Config) -> BatchLimits {
+    BatchLimits {
+        max_records: config.ingest.batch_size,
+        max_bytes: config.ingest.batch_bytes,
+        wait: POLL_WAIT,
+    }
+}
+
+/// The fraud-guard rules of `config`, checked strictly.
+pub fn fraud_guard_config(config: &Config) -> anyhow::Result<FraudGuardConfig> {
+    if config.fraud_guard.is_null() {
+        return Ok(FraudGuardConfig::default());
+    }
+    let fg: FraudGuardConfig =
+        serde_json::from_value(config.fraud_guard.clone()).context("invalid [fraud_guard] section")?;
+    fg.validate().context("invalid [fraud_guard] section")?;
+    Ok(fg)
+}
+
+/// Runs `stages` concurrently until shutdown (or, with `until_idle` on the embedded log, until
+/// every input is consumed: then ingest runs first and the stages that read its outputs after).
+/// A stage that fails cancels the others.
+pub async fn run(
+    config: &Config,
+    transport: &Transport,
+    stages: Stages,
+    until_idle: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunSummary> {
+    if until_idle && stages.ingest && (stages.reconciler || stages.fraud_guard) {
+        // The downstream stages are idle only once ingest has written everything they read.
+        let ingest = Stages {
+            ingest: true,
+            ..Stages::default()
+        };
+        let rest = Stages {
+            ingest: false,
+            ..stages
+        };
+        let mut summary = Box::pin(run(config, transport, ingest, true, shutdown.clone())).await?;
+        let more = Box::pin(run(config, transport, rest, true, shutdown)).await?;
+        summary.stages.extend(more.stages);
+        return Ok(summary);
+    }
+    let until = if until_idle { Until::Idle } else { Until::Shutdown };
+    let limits = limits(config);
+    let mut tasks = tokio::task::JoinSet::new();
+    let state = config.state.dir.clone();
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    if stages.ingest {
+        let mut p = Ingest::open(&state, config.topics.clone(), config.ingest.clone())?;
+        let (t, topics, stop) = (transport.clone(), Ingest::input_topics(&config.topics), shutdown.clone());
+        tasks.spawn(async move {
+            let r = run_stage("ingest", &t, &topics, &mut p, limits, until, stop.clone()).await;
+            ("ingest", r)
+        });
+    }
+    if stages.reconciler {
+        let mut p = Reconciler::open(&state.join("reconciler"), &config.topics, &config.reconciler)?;
+        let topics = Reconciler::input_topics(&config.topics);
+        let (t, stop) = (transport.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let r = run_stage("reconciler", &t, &topics, &mut p, limits, until, stop).await;
+            ("reconciler", r)
+        });
+    }
+    if stages.fraud_guard {
+        let fg = fraud_guard_config(config)?;
+        let mut p = FraudGuard::open(&state.join("fraud-guard"), &config.topics, fg, &config.reconciler.report_key)?;
+        let topics = tillbridge_fraud_guard::input_topics(&config.topics);
+        let (t, stop) = (transport.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let r = run_stage("fraud-guard", &t, &topics, &mut p, limits, until, stop).await;
+            ("fraud-guard", r)
+        });
+    }
+    let mut summary = RunSummary::default();
+    let mut first_err = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = joined.context("a stage task panicked")?;
+        match result {
+            Ok(stats) => summary.stages.push((name, stats)),
+            Err(e) => {
+                tracing::error!(stage = name, error = %e, "stage failed; stopping the others");
+                shutdown.cancel();
+                first_err.get_or_insert(e.context(format!("stage {name} failed")));
+            }
+        }
+    }
+    summary.stages.sort_by_key(|(n, _)| *n);
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+/// Writes the reconciliation report from the reconciler's state.
+pub fn write_report(config: &Config, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let report = tillbridge_reconciler::report(&config.state.dir.join("reconciler"), &config.reconciler)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(report.write(out)?)
+}

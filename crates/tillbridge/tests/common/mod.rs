@@ -1,0 +1,261 @@
+//! Helpers shared by the broker-backed tests: the broker address, random topic and group names,
+//! an outside client's producer and a consumer that reads a topic until a condition holds.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tillbridge_core::config::{Config, KafkaConfig, Topics};
+
+/// The broker the project's script started, or `None` (the test then says why it is skipped).
+pub fn broker() -> Option<String> {
+    match std::env::var("TILLBRIDGE_TEST_KAFKA") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ => {
+            eprintln!("SKIPPED: TILLBRIDGE_TEST_KAFKA is not set; run scripts/test.sh to start a broker");
+            None
+        }
+    }
+}
+
+/// Partitions of every test topic.
+pub const PARTITIONS: i32 = 4;
+
+/// A configuration on `broker` with topics and consumer groups no other test uses.
+pub async fn config(broker: &str, state: &std::path::Path) -> Config {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let t = Topics::default();
+    let rename = |s: &str| format!("{s}-{tag}");
+    let topics = Topics {
+        till_events: rename(&t.till_events),
+        coupons: rename(&t.coupons),
+        loyalty_balances: rename(&t.loyalty_balances),
+        sessions: rename(&t.sessions),
+        redemptions: rename(&t.redemptions),
+        loyalty: rename(&t.loyalty),
+        compensations: rename(&t.compensations),
+        alerts: rename(&t.alerts),
+        dlq: rename(&t.dlq),
+    };
+    let mut kafka = KafkaConfig::new(broker);
+    kafka.group_prefix = format!("test-{tag}");
+    kafka.fetch_wait_max_ms = 10;
+    let mut config = Config {
+        topics,
+        kafka: Some(kafka.clone()),
+        ..Config::default()
+    };
+    config.state.dir = state.to_owned();
+    tillbridge_core::log::KafkaLog::new(kafka)
+        .create_topics(&config.topics.all(), PARTITIONS)
+        .await
+        .expect("create topics");
+    config
+}
+
+/// A plain producer, as another team's client would configure one.
+pub fn producer(broker: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// Produces `(key, payload, content-type)` records and waits for every acknowledgement.
+pub async fn produce(producer: &FutureProducer, topic: &str, records: &[(String, Vec<u8>, Option<&str>)]) {
+    let futures: Vec<_> = records
+        .iter()
+        .map(|(k, v, ct)| {
+            let mut headers = OwnedHeaders::new();
+            if let Some(ct) = ct {
+                headers = headers.insert(Header {
+                    key: "content-type",
+                    value: Some(ct.as_bytes()),
+                });
+            }
+            producer.send(
+                FutureRecord::to(topic).key(k.as_bytes()).payload(v.as_slice()).headers(headers),
+                Duration::from_secs(30),
+            )
+        })
+        .collect();
+    for r in futures::future::join_all(futures).await {
+        r.expect("delivery");
+    }
+}
+
+/// A record read back by a test.
+#[derive(Clone, Debug)]
+pub struct Got {
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads every record of `topic` from the beginning until `done(records)` holds or `limit`
+/// passes; returns what it read.
+pub fn read_until(broker: &str, topic: &str, limit: Duration, done: impl Fn(&[Got]) -> bool) -> Vec<Got> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while start.elapsed() < limit {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                got.push(Got {
+                    key: m.key().unwrap_or_default().to_vec(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+            Some(Err(e)) => panic!("consume error: {e}"),
+            None => {
+                if done(&got) {
+                    return got;
+                }
+            }
+        }
+    }
+    got
+}
+
+/// Every record of `topic` up to its current end (high watermark of each partition).
+pub fn read_all(broker: &str, topic: &str) -> Vec<Got> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer");
+    let mut ends = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        ends.insert(p, high);
+    }
+    let total: i64 = ends.values().sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let mut got = read_until(broker, topic, Duration::from_secs(60), |g| g.len() as i64 >= total);
+    assert_eq!(got.len() as i64, total, "could not read {topic} to its end");
+    got.sort_by(|a, b| a.payload.cmp(&b.payload));
+    got
+}
+
+/// A generated till event as an outside client sends it.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub content_type: Option<&'static str>,
+}
+
+/// `n` distinct valid events over `tills` tills (half JSON, half protobuf) and their ids.
+pub fn good_events(n: usize, tills: usize, seed: u64) -> (Vec<Sent>, Vec<tillbridge_proto::pb::TillEvent>) {
+    use prost::Message;
+    use rand::{Rng, SeedableRng};
+    use tillbridge_proto::pb;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let now = chrono::Utc::now().timestamp() - 3600;
+    let mut seqs = vec![0u64; tills];
+    let mut sent = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = rng.gen_range(0..tills);
+        seqs[t] += 1;
+        let store = format!("S{:02}", t / 4);
+        let till = format!("T{}", t % 4);
+        let price = rng.gen_range(100..10_000i64);
+        let ev = pb::TillEvent {
+            event_id: uuid::Builder::from_random_bytes(rng.gen()).into_uuid().to_string(),
+            store_id: store.clone(),
+            till_id: till.clone(),
+            till_seq: seqs[t],
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: now + i as i64 / 10,
+                nanos: 0,
+            }),
+            session_id: format!("R-{seed}-{i}"),
+            currency: "EUR".into(),
+            body: Some(pb::till_event::Body::Sale(pb::Sale {
+                lines: vec![pb::SaleLine {
+                    sku: format!("SKU-{}", rng.gen_range(0..1000)),
+                    quantity: 1,
+                    unit_price_minor: price,
+                    discount_minor: 0,
+                }],
+                coupons: Vec::new(),
+                loyalty: None,
+                total_minor: Some(price),
+            })),
+            ..Default::default()
+        };
+        let (payload, ct) = if i % 2 == 0 {
+            (tillbridge_proto::to_json(&ev).into_bytes(), Some("application/json"))
+        } else {
+            (ev.encode_to_vec(), None)
+        };
+        sent.push(Sent {
+            key: format!("{store}/{till}"),
+            payload,
+            content_type: ct,
+        });
+        events.push(ev);
+    }
+    (sent, events)
+}
+
+/// Produces `sent` in order, in chunks, waiting for every acknowledgement.
+pub async fn produce_sent(producer: &FutureProducer, topic: &str, sent: &[Sent]) {
+    for chunk in sent.chunks(5000) {
+        let recs: Vec<(String, Vec<u8>, Option<&str>)> = chunk
+            .iter()
+            .map(|s| (s.key.clone(), s.payload.clone(), s.content_type))
+            .collect();
+        produce(producer, topic, &recs).await;
+    }
+}
+
+/// Sum of the high watermarks of `topic`.
+pub fn end_offsets(broker: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .expect("consumer");
+    (0..PARTITIONS)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map(|(_, h)| h)
+                .unwrap_or(0)
+        })
+        .sum()
+}

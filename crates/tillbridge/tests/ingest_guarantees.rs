@@ -1,0 +1,257 @@
+//! The ingest guarantee on a real broker: every good event exactly once (by id) on
+//! `promo.sessions`, every bad one on the DLQ with its reason, no card digits anywhere, and no
+//! loss across SIGKILLs of the process in the middle of consumption.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tillbridge::{Stages, Transport};
+use tillbridge_core::config::Config;
+use tillbridge_proto::pb;
+use tokio_util::sync::CancellationToken;
+
+fn ids_on(broker: &str, topic: &str) -> (Vec<String>, BTreeMap<String, BTreeSet<Vec<u8>>>) {
+    let got = common::read_all(broker, topic);
+    let mut ids = Vec::new();
+    let mut payloads: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for g in got {
+        let e = pb::TillEvent::decode(g.payload.as_slice()).expect("sessions hold protobuf");
+        payloads.entry(e.event_id.clone()).or_default().insert(g.payload.clone());
+        ids.push(e.event_id);
+    }
+    (ids, payloads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() {
+    let Some(broker) = common::broker() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let config = common::config(&broker, state.path()).await;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(20_000);
+    let (good, events) = common::good_events(17_000, 40, 1);
+    let mut tail = Vec::new();
+    // 10% resent duplicates (2,000), some in the other encoding.
+    for _ in 0..2000 {
+        let i = rng.gen_range(0..good.len());
+        let mut s = good[i].clone();
+        if rng.gen_bool(0.5) {
+            s.payload = events[i].encode_to_vec();
+            s.content_type = None;
+        }
+        tail.push(s);
+    }
+    // 1% same id, different content (200).
+    let mut conflict_ids = BTreeSet::new();
+    for i in (0..events.len()).step_by(85).take(200) {
+        let mut e = events[i].clone();
+        e.till_seq += 1_000_000;
+        conflict_ids.insert(e.event_id.clone());
+        tail.push(common::Sent {
+            key: good[i].key.clone(),
+            payload: tillbridge_proto::to_json(&e).into_bytes(),
+            content_type: Some("application/json"),
+        });
+    }
+    // 2% malformed (400) and a few card numbers (5).
+    let mut bad = Vec::new();
+    for i in 0..400 {
+        let payload = match i % 4 {
+            0 => b"{\"eventId\": ".to_vec(),
+            1 => vec![0xff; 7],
+            2 => tillbridge_proto::to_json(&pb::TillEvent {
+                event_id: uuid::Uuid::new_v4().to_string(),
+                ..events[i].clone()
+            })
+            .replace("\"storeId\"", "\"storeIdd\"")
+            .into_bytes(),
+            _ => {
+                let mut e = events[i].clone();
+                e.event_id = uuid::Uuid::new_v4().to_string();
+                e.store_id = String::new();
+                e.encode_to_vec()
+            }
+        };
+        bad.push(common::Sent {
+            key: good[i].key.clone(),
+            payload,
+            content_type: None,
+        });
+    }
+    for i in 0..5 {
+        let mut e = events[i].clone();
+        e.event_id = uuid::Uuid::new_v4().to_string();
+        e.cashier_id = Some(format!("4000 0566 5566 555{}", [6, 6, 6, 6, 6][i]));
+        bad.push(common::Sent {
+            key: good[i].key.clone(),
+            payload: tillbridge_proto::to_json(&e).into_bytes(),
+            content_type: Some("application/json"),
+        });
+    }
+    tail.shuffle(&mut rng);
+    let mut all = good.clone();
+    // Bad records interleave with good ones; duplicates and conflicts follow their originals.
+    for (k, b) in bad.into_iter().enumerate() {
+        all.insert((k * 41) % all.len(), b);
+    }
+    all.extend(tail);
+    assert_eq!(all.len(), 17_000 + 2000 + 200 + 405);
+    let producer = common::producer(&broker);
+    common::produce_sent(&producer, &config.topics.till_events, &all).await;
+
+    let shutdown = CancellationToken::new();
+    let transport = Transport::from_config(&config).unwrap();
+    let stages = Stages {
+        ingest: true,
+        ..Default::default()
+    };
+    let run = {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        tokio::spawn(async move { tillbridge::run(&config, &transport, stages, false, shutdown).await })
+    };
+    let (b, sessions, dlq) = (broker.clone(), config.topics.sessions.clone(), config.topics.dlq.clone());
+    tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(240) {
+            if common::end_offsets(&b, &sessions) >= 17_000 && common::end_offsets(&b, &dlq) >= 605 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    shutdown.cancel();
+    let stats = run.await.unwrap().unwrap();
+    println!("{stats}");
+
+    let (ids, _) = ids_on(&broker, &config.topics.sessions);
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), 17_000, "no duplicate on promo.sessions in a run without crashes");
+    let want: BTreeSet<&String> = events.iter().map(|e| &e.event_id).collect();
+    assert_eq!(distinct, want);
+
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for g in common::read_all(&broker, &config.topics.dlq) {
+        let dl = pb::DeadLetter::decode(g.payload.as_slice()).unwrap();
+        *reasons.entry(dl.reason.clone()).or_default() += 1;
+        if dl.reason == "DUPLICATE_CONFLICT" {
+            assert!(conflict_ids.contains(dl.event_id.as_deref().unwrap_or_default()));
+        }
+        let text = String::from_utf8_lossy(&dl.original);
+        assert!(!text.contains("4000 0566"), "card digits on the DLQ");
+    }
+    assert_eq!(reasons.get("DUPLICATE_CONFLICT"), Some(&200));
+    assert_eq!(reasons.get("CARD_DATA"), Some(&5));
+    assert_eq!(reasons.get("DECODE_ERROR"), Some(&300));
+    assert_eq!(reasons.get("MISSING_FIELD"), Some(&100));
+    for topic in config.topics.all() {
+        for g in common::read_all(&broker, topic) {
+            assert!(!String::from_utf8_lossy(&g.payload).contains("4000 0566"), "card digits on {topic}");
+        }
+    }
+}
+
+/// Environment for a child `tillbridge` process with `config`.
+fn child_env(config: &Config, broker: &str) -> Vec<(String, String)> {
+    let k = config.kafka.as_ref().unwrap();
+    let t = &config.topics;
+    vec![
+        ("TILLBRIDGE_KAFKA__BOOTSTRAP_SERVERS".into(), broker.into()),
+        ("TILLBRIDGE_KAFKA__GROUP_PREFIX".into(), k.group_prefix.clone()),
+        ("TILLBRIDGE_KAFKA__FETCH_WAIT_MAX_MS".into(), "10".into()),
+        ("TILLBRIDGE_TOPICS__TILL_EVENTS".into(), t.till_events.clone()),
+        ("TILLBRIDGE_TOPICS__SESSIONS".into(), t.sessions.clone()),
+        ("TILLBRIDGE_TOPICS__REDEMPTIONS".into(), t.redemptions.clone()),
+        ("TILLBRIDGE_TOPICS__LOYALTY".into(), t.loyalty.clone()),
+        ("TILLBRIDGE_TOPICS__DLQ".into(), t.dlq.clone()),
+        ("TILLBRIDGE_STATE__DIR".into(), config.state.dir.display().to_string()),
+        ("TILLBRIDGE_LOG".into(), "warn".into()),
+    ]
+}
+
+fn spawn_ingest(env: &[(String, String)], log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_tillbridge"))
+        .args(["run", "--stages", "ingest"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn tillbridge")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_is_lost_across_sigkills() {
+    let Some(broker) = common::broker() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let config = common::config(&broker, state.path()).await;
+    const N: usize = 100_000;
+    let (sent, events) = common::good_events(N, 64, 2);
+    let producer = common::producer(&broker);
+    common::produce_sent(&producer, &config.topics.till_events, &sent).await;
+    let env = child_env(&config, &broker);
+    let log = state.path().join("child.log");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+    let b = broker.clone();
+    let sessions = config.topics.sessions.clone();
+    let kills = tokio::task::spawn_blocking(move || {
+        let mut kills = 0;
+        let mut last = 0;
+        while kills < 5 {
+            let mut child = spawn_ingest(&env, &log);
+            // Kill it once it has made a random amount of progress (1% to 12% of the input).
+            let step = rng.gen_range(N as i64 / 100..N as i64 / 8);
+            let start = Instant::now();
+            loop {
+                let done = common::end_offsets(&b, &sessions);
+                if done >= last + step || done >= N as i64 {
+                    last = done;
+                    break;
+                }
+                assert!(child.try_wait().unwrap().is_none(), "child exited; see {}", log.display());
+                assert!(start.elapsed() < Duration::from_secs(180), "no progress");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            kills += 1;
+            println!("SIGKILL #{kills} with {last} records on promo.sessions");
+        }
+        // A last run to the end.
+        let mut child = spawn_ingest(&env, &log);
+        let start = Instant::now();
+        loop {
+            if common::end_offsets(&b, &sessions) >= N as i64 {
+                let (ids, _) = ids_on(&b, &sessions);
+                let distinct: BTreeSet<&String> = ids.iter().collect();
+                if distinct.len() >= N {
+                    break;
+                }
+            }
+            assert!(child.try_wait().unwrap().is_none(), "child exited; see {}", log.display());
+            assert!(start.elapsed() < Duration::from_secs(300), "did not finish");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills
+    })
+    .await
+    .unwrap();
+    assert!(kills >= 5);
+    let (ids, payloads) = ids_on(&broker, &config.topics.sessions);
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    let want: BTreeSet<&String> = events.iter().map(|e| &e.event_id).collect();
+    assert_eq!(distinct, want, "every good event id is on the output, and nothing else");
+    let replayed = ids.len() - distinct.len();
+    println!("{} records for {} distinct events: {replayed} re-sent by replays after SIGKILL", ids.len(), distinct.len());
+    for (id, p) in &payloads {
+        assert_eq!(p.len(), 1, "a replayed record of {id} differs from the first one");
+    }
+}
