@@ -18,7 +18,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    prost_build::Config::new()
-        .compile_fds(fds)?;
+    prost_build::Config::new().compile_fds(fds)?;
     Ok(())
 }

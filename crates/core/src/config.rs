@@ -262,13 +262,17 @@ impl Config {
             }
         }
         if self.embedded.partitions == 0 {
-            return Err(Error::Config("embedded.partitions must be at least 1".into()));
+            return Err(Error::Config(
+                "embedded.partitions must be at least 1".into(),
+            ));
         }
         if self.ingest.batch_size == 0 || self.ingest.batch_bytes == 0 {
             return Err(Error::Config("ingest batch limits must be positive".into()));
         }
         if self.ingest.max_payload_bytes == 0 {
-            return Err(Error::Config("ingest.max_payload_bytes must be positive".into()));
+            return Err(Error::Config(
+                "ingest.max_payload_bytes must be positive".into(),
+            ));
         }
         if let Some(k) = &self.kafka {
             if k.bootstrap_servers.trim().is_empty() {

@@ -252,7 +252,10 @@ mod tests {
         assert!(!is_valid_ident(""));
         assert!(!is_valid_ident("a/b"));
         assert!(!is_valid_ident(&"x".repeat(65)));
-        assert_eq!(Currency::parse("EUR").map(|c| c.to_string()), Some("EUR".into()));
+        assert_eq!(
+            Currency::parse("EUR").map(|c| c.to_string()),
+            Some("EUR".into())
+        );
         assert!(Currency::parse("eur").is_none());
         assert!(Currency::parse("EURO").is_none());
     }

@@ -114,7 +114,9 @@ where
 fn last_positions(batch: &[Record]) -> Vec<Position> {
     let mut last: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
     for r in batch {
-        let e = last.entry((r.topic.as_str(), r.partition)).or_insert(r.offset);
+        let e = last
+            .entry((r.topic.as_str(), r.partition))
+            .or_insert(r.offset);
         *e = (*e).max(r.offset);
     }
     last.into_iter()

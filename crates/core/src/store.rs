@@ -38,7 +38,10 @@ impl StateStore {
                 tracing::error!(path = %path.display(), aside = %aside.display(), %reason,
                     "state store damaged; moved aside, rebuilding from the topics");
                 std::fs::rename(path, &aside).map_err(|e| {
-                    Error::Corrupt(format!("{}: {reason}; moving it aside failed: {e}", path.display()))
+                    Error::Corrupt(format!(
+                        "{}: {reason}; moving it aside failed: {e}",
+                        path.display()
+                    ))
                 })?;
                 let db = Self::try_open(path, format, false).map_err(Error::Corrupt)?;
                 Ok(StateStore {

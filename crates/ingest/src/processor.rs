@@ -61,7 +61,11 @@ pub struct TillGaps {
 impl TillGaps {
     fn observe(&mut self, seq: u64) {
         if seq > self.highest {
-            let from = if self.highest == 0 { seq } else { self.highest + 1 };
+            let from = if self.highest == 0 {
+                seq
+            } else {
+                self.highest + 1
+            };
             for s in from..seq {
                 if self.missing.len() >= MAX_GAPS_PER_TILL {
                     break;
@@ -118,7 +122,9 @@ impl Ingest {
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(i64::from_be_bytes);
         let stats = Arc::new(IngestStats::default());
-        stats.dedup_index_size.store(dedup.len() as u64, Ordering::Relaxed);
+        stats
+            .dedup_index_size
+            .store(dedup.len() as u64, Ordering::Relaxed);
         Ok(Ingest {
             router: Router::new(topics.clone()),
             sessions: store.tree("sessions")?,
@@ -166,14 +172,21 @@ impl Ingest {
         self.dedup.len()
     }
 
-    fn dead_letter(&self, rec: &Record, rejection: &Rejection, event_id: Option<String>) -> OutRecord {
+    fn dead_letter(
+        &self,
+        rec: &Record,
+        rejection: &Rejection,
+        event_id: Option<String>,
+    ) -> OutRecord {
         self.stats.count_dead(rejection.reason);
         let payload = rec.payload.as_deref().unwrap_or_default();
         let mut original = pan::redact(payload);
         let mut detail = rejection.detail.clone();
         if rejection.reason == RejectReason::Oversized && original.len() > OVERSIZED_KEEP_BYTES {
             original.truncate(OVERSIZED_KEEP_BYTES);
-            detail.push_str(&format!(" (original truncated to its first {OVERSIZED_KEEP_BYTES} bytes)"));
+            detail.push_str(&format!(
+                " (original truncated to its first {OVERSIZED_KEEP_BYTES} bytes)"
+            ));
         }
         let source = format!("{}/{}/{}", rec.topic, rec.partition, rec.offset);
         tracing::info!(
@@ -223,7 +236,12 @@ impl Ingest {
     }
 
     /// Routes an accepted event, keeping the session index.
-    fn route(&mut self, ev: &TillEvent, raw: &pb::TillEvent, ts: Option<i64>) -> Result<Vec<OutRecord>, Error> {
+    fn route(
+        &mut self,
+        ev: &TillEvent,
+        raw: &pb::TillEvent,
+        ts: Option<i64>,
+    ) -> Result<Vec<OutRecord>, Error> {
         let mut out = Vec::new();
         match &ev.body {
             Body::Sale(_) => {
@@ -233,8 +251,12 @@ impl Ingest {
                 out.extend(self.router.route(ev, raw, ts, None));
                 // A cancel or return that synced before this sale releases it now.
                 for waiting in std::mem::take(&mut entry.waiting) {
-                    let Ok(w) = pb::TillEvent::decode(waiting.as_slice()) else { continue };
-                    let Ok(wev) = tillbridge_proto::validate(&w) else { continue };
+                    let Ok(w) = pb::TillEvent::decode(waiting.as_slice()) else {
+                        continue;
+                    };
+                    let Ok(wev) = tillbridge_proto::validate(&w) else {
+                        continue;
+                    };
                     if let Some(i) = &info {
                         out.extend(self.deferred(&wev, i, ts));
                     }
@@ -257,7 +279,9 @@ impl Ingest {
                     }
                 }
             }
-            Body::ManualOverride(_) | Body::TillStatus(_) => out.extend(self.router.route(ev, raw, ts, None)),
+            Body::ManualOverride(_) | Body::TillStatus(_) => {
+                out.extend(self.router.route(ev, raw, ts, None))
+            }
         }
         Ok(out)
     }
@@ -277,7 +301,11 @@ impl Ingest {
         if payload.len() > self.cfg.max_payload_bytes {
             let r = Rejection::new(
                 RejectReason::Oversized,
-                format!("payload is {} bytes, the limit is {}", payload.len(), self.cfg.max_payload_bytes),
+                format!(
+                    "payload is {} bytes, the limit is {}",
+                    payload.len(),
+                    self.cfg.max_payload_bytes
+                ),
             );
             return Ok(vec![self.dead_letter(rec, &r, None)]);
         }
@@ -289,12 +317,15 @@ impl Ingest {
             Ok(raw) => raw,
             Err(r) => return Ok(vec![self.dead_letter(rec, &r, None)]),
         };
-        let event_id = (!raw.event_id.is_empty() && !pan::contains(&raw.event_id)).then(|| raw.event_id.clone());
+        let event_id = (!raw.event_id.is_empty() && !pan::contains(&raw.event_id))
+            .then(|| raw.event_id.clone());
         let ev = match tillbridge_proto::validate(&raw) {
             Ok(ev) => ev,
             Err(r) => return Ok(vec![self.dead_letter(rec, &r, event_id)]),
         };
-        let record_ms = rec.timestamp_ms.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+        let record_ms = rec
+            .timestamp_ms
+            .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
         let skew_ms = self.cfg.max_clock_skew.as_millis() as i64;
         let event_ms = ev.occurred_at.timestamp_millis();
         if event_ms > record_ms.saturating_add(skew_ms) {
@@ -307,7 +338,10 @@ impl Ingest {
             );
             return Ok(vec![self.dead_letter(rec, &r, event_id)]);
         }
-        match self.dedup.check(ev.event_id, tillbridge_proto::content_hash(&raw), event_ms)? {
+        match self
+            .dedup
+            .check(ev.event_id, tillbridge_proto::content_hash(&raw), event_ms)?
+        {
             Seen::Duplicate => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 return Ok(Vec::new());
@@ -374,7 +408,9 @@ impl Processor for Ingest {
         }
         self.tills.apply_batch(tills).map_err(state_err)?;
         if let Some(w) = self.watermark_ms {
-            self.meta.insert("watermark_ms", &w.to_be_bytes()).map_err(state_err)?;
+            self.meta
+                .insert("watermark_ms", &w.to_be_bytes())
+                .map_err(state_err)?;
         }
         self.store.flush().await?;
         self.stats

@@ -1,5 +1,7 @@
 //! The ingest processor driven directly with records, as the stage loop drives it.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use prost::Message;
@@ -17,7 +19,10 @@ fn event(id: u128, till_seq: u64, at_s: i64) -> pb::TillEvent {
         store_id: "S1".into(),
         till_id: "T1".into(),
         till_seq,
-        occurred_at: Some(prost_types::Timestamp { seconds: at_s, nanos: 0 }),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: at_s,
+            nanos: 0,
+        }),
         session_id: format!("R-{id}"),
         currency: "EUR".into(),
         body: Some(pb::till_event::Body::Sale(pb::Sale {
@@ -54,7 +59,11 @@ fn record(offset: i64, payload: Vec<u8>, ts_s: i64) -> Record {
 fn reasons(out: &[OutRecord]) -> Vec<String> {
     out.iter()
         .filter(|o| o.topic == "tillbridge.dlq")
-        .map(|o| pb::DeadLetter::decode(o.payload.as_deref().unwrap()).unwrap().reason)
+        .map(|o| {
+            pb::DeadLetter::decode(o.payload.as_deref().unwrap())
+                .unwrap()
+                .reason
+        })
         .collect()
 }
 
@@ -85,11 +94,23 @@ async fn duplicates_conflicts_skew_and_size() {
     let out = ing.process(&batch).unwrap();
     assert_eq!(
         topics_of(&out),
-        vec!["promo.sessions", "tillbridge.redemptions", "tillbridge.dlq", "tillbridge.dlq", "tillbridge.dlq"]
+        vec![
+            "promo.sessions",
+            "tillbridge.redemptions",
+            "tillbridge.dlq",
+            "tillbridge.dlq",
+            "tillbridge.dlq"
+        ]
     );
-    assert_eq!(reasons(&out), vec!["DUPLICATE_CONFLICT", "CLOCK_SKEW", "OVERSIZED"]);
+    assert_eq!(
+        reasons(&out),
+        vec!["DUPLICATE_CONFLICT", "CLOCK_SKEW", "OVERSIZED"]
+    );
     let stats = ing.stats();
-    assert_eq!(stats.duplicates.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     ing.commit().await.unwrap();
     // Processing the same batch again after a commit (a replay) emits only the dead letters,
     // with the same ids as before.
@@ -97,7 +118,11 @@ async fn duplicates_conflicts_skew_and_size() {
     let dl_ids = |o: &[OutRecord]| -> Vec<String> {
         o.iter()
             .filter(|r| r.topic == "tillbridge.dlq")
-            .map(|r| pb::DeadLetter::decode(r.payload.as_deref().unwrap()).unwrap().id)
+            .map(|r| {
+                pb::DeadLetter::decode(r.payload.as_deref().unwrap())
+                    .unwrap()
+                    .id
+            })
             .collect()
     };
     assert_eq!(dl_ids(&again), dl_ids(&out));
@@ -115,25 +140,41 @@ async fn an_id_older_than_the_window_is_accepted_again_after_a_restart_and_the_i
     {
         let mut ing = Ingest::open(dir.path(), Topics::default(), cfg.clone()).unwrap();
         let out = ing
-            .process(&[record(0, old.encode_to_vec(), T0), record(1, event(2, 2, T0 + 60).encode_to_vec(), T0 + 60)])
+            .process(&[
+                record(0, old.encode_to_vec(), T0),
+                record(1, event(2, 2, T0 + 60).encode_to_vec(), T0 + 60),
+            ])
             .unwrap();
-        assert_eq!(out.iter().filter(|o| o.topic == "promo.sessions").count(), 2);
+        assert_eq!(
+            out.iter().filter(|o| o.topic == "promo.sessions").count(),
+            2
+        );
         ing.commit().await.unwrap();
         assert_eq!(ing.dedup_len(), 2);
         // Within the window the old id is a duplicate.
-        assert!(ing.process(&[record(2, old.encode_to_vec(), T0 + 120)]).unwrap().is_empty());
+        assert!(ing
+            .process(&[record(2, old.encode_to_vec(), T0 + 120)])
+            .unwrap()
+            .is_empty());
         ing.commit().await.unwrap();
     }
     {
         // Two hours of event time later, both ids fall out of the window.
         let mut ing = Ingest::open(dir.path(), Topics::default(), cfg.clone()).unwrap();
-        ing.process(&[record(3, event(3, 3, T0 + 7200).encode_to_vec(), T0 + 7200)]).unwrap();
+        ing.process(&[record(3, event(3, 3, T0 + 7200).encode_to_vec(), T0 + 7200)])
+            .unwrap();
         ing.commit().await.unwrap();
         assert_eq!(ing.dedup_len(), 1, "expired ids left the index");
     }
     let mut ing = Ingest::open(dir.path(), Topics::default(), cfg).unwrap();
-    let out = ing.process(&[record(4, old.encode_to_vec(), T0 + 7300)]).unwrap();
-    assert_eq!(topics_of(&out)[0], "promo.sessions", "the expired id is accepted again");
+    let out = ing
+        .process(&[record(4, old.encode_to_vec(), T0 + 7300)])
+        .unwrap();
+    assert_eq!(
+        topics_of(&out)[0],
+        "promo.sessions",
+        "the expired id is accepted again"
+    );
 }
 
 #[tokio::test]
@@ -144,22 +185,32 @@ async fn a_cancel_that_syncs_before_its_sale_releases_the_coupon_when_the_sale_a
     let cancel = pb::TillEvent {
         event_id: uuid::Uuid::from_u128(2).to_string(),
         till_seq: 2,
-        body: Some(pb::till_event::Body::SessionCancelled(pb::SessionCancelled {
-            reason: "x".into(),
-        })),
+        body: Some(pb::till_event::Body::SessionCancelled(
+            pb::SessionCancelled { reason: "x".into() },
+        )),
         ..sale.clone()
     };
-    let out = ing.process(&[record(0, cancel.encode_to_vec(), T0 + 10)]).unwrap();
+    let out = ing
+        .process(&[record(0, cancel.encode_to_vec(), T0 + 10)])
+        .unwrap();
     assert_eq!(topics_of(&out), vec!["promo.sessions"]);
     ing.commit().await.unwrap();
-    let out = ing.process(&[record(1, sale.encode_to_vec(), T0 + 20)]).unwrap();
+    let out = ing
+        .process(&[record(1, sale.encode_to_vec(), T0 + 20)])
+        .unwrap();
     let facts: Vec<pb::RedemptionFact> = out
         .iter()
         .filter(|o| o.topic == "tillbridge.redemptions")
         .map(|o| pb::RedemptionFact::decode(o.payload.as_deref().unwrap()).unwrap())
         .collect();
     let kinds: Vec<i32> = facts.iter().map(|f| f.kind).collect();
-    assert_eq!(kinds, vec![pb::RedemptionKind::Redeemed as i32, pb::RedemptionKind::Released as i32]);
+    assert_eq!(
+        kinds,
+        vec![
+            pb::RedemptionKind::Redeemed as i32,
+            pb::RedemptionKind::Released as i32
+        ]
+    );
     assert_eq!(facts[1].session_id, sale.session_id);
     assert_eq!(facts[1].event_id, cancel.event_id);
 }
@@ -171,7 +222,13 @@ async fn sequence_gaps_are_tracked_per_till() {
     let batch: Vec<Record> = [1u64, 2, 5, 3]
         .iter()
         .enumerate()
-        .map(|(i, s)| record(i as i64, event(100 + *s as u128, *s, T0).encode_to_vec(), T0))
+        .map(|(i, s)| {
+            record(
+                i as i64,
+                event(100 + *s as u128, *s, T0).encode_to_vec(),
+                T0,
+            )
+        })
         .collect();
     ing.process(&batch).unwrap();
     ing.commit().await.unwrap();

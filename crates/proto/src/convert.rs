@@ -2,9 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use tillbridge_core::domain::{
-    self, Body, Channel, Connectivity, CouponDefinition, CouponRedemption, Currency, LoyaltyActivity,
-    LoyaltyBalance, ManualOverride, OverrideKind, RejectReason, Return, ReturnLine, Sale, SaleLine,
-    TillEvent, TillStatus,
+    self, Body, Channel, Connectivity, CouponDefinition, CouponRedemption, Currency,
+    LoyaltyActivity, LoyaltyBalance, ManualOverride, OverrideKind, RejectReason, Return,
+    ReturnLine, Sale, SaleLine, TillEvent, TillStatus,
 };
 use tillbridge_core::pan;
 use uuid::Uuid;
@@ -15,10 +15,14 @@ use crate::Rejection;
 fn timestamp(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Rejection> {
     let ts = ts.ok_or_else(|| Rejection::missing(field))?;
     let nanos = u32::try_from(ts.nanos).map_err(|_| Rejection::invalid(field, "negative nanos"))?;
-    DateTime::from_timestamp(ts.seconds, nanos).ok_or_else(|| Rejection::invalid(field, "out of range"))
+    DateTime::from_timestamp(ts.seconds, nanos)
+        .ok_or_else(|| Rejection::invalid(field, "out of range"))
 }
 
-fn opt_timestamp(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, Rejection> {
+fn opt_timestamp(
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, Rejection> {
     ts.map(|t| timestamp(field, Some(t))).transpose()
 }
 
@@ -115,7 +119,8 @@ pub fn validate(e: &pb::TillEvent) -> Result<TillEvent, Rejection> {
         ));
     }
     let event_id = required("event_id", &e.event_id)?;
-    let event_id = Uuid::parse_str(&event_id).map_err(|_| Rejection::invalid("event_id", "not a UUID"))?;
+    let event_id =
+        Uuid::parse_str(&event_id).map_err(|_| Rejection::invalid("event_id", "not a UUID"))?;
     let store_id = ident("store_id", &e.store_id)?;
     let till_id = ident("till_id", &e.till_id)?;
     if e.till_seq == 0 {
@@ -132,11 +137,17 @@ pub fn validate(e: &pb::TillEvent) -> Result<TillEvent, Rejection> {
     let currency = if e.currency.is_empty() {
         None
     } else {
-        Some(Currency::parse(&e.currency).ok_or_else(|| Rejection::invalid("currency", "not an ISO 4217 code"))?)
+        Some(
+            Currency::parse(&e.currency)
+                .ok_or_else(|| Rejection::invalid("currency", "not an ISO 4217 code"))?,
+        )
     };
     let session_id = optional(Some(&e.session_id));
     let body = body(e.body.as_ref())?;
-    let needs_session = matches!(body, Body::Sale(_) | Body::Return(_) | Body::SessionCancelled { .. });
+    let needs_session = matches!(
+        body,
+        Body::Sale(_) | Body::Return(_) | Body::SessionCancelled { .. }
+    );
     if needs_session && session_id.is_none() {
         return Err(Rejection::missing("session_id"));
     }
@@ -227,7 +238,9 @@ fn sale(s: &pb::Sale) -> Result<Sale, Rejection> {
             .checked_mul(i64::from(l.quantity))
             .and_then(|v| v.checked_sub(disc))
             .ok_or_else(|| overflow(&f("unit_price_minor")))?;
-        computed = computed.checked_add(line_total).ok_or_else(|| overflow("sale.lines"))?;
+        computed = computed
+            .checked_add(line_total)
+            .ok_or_else(|| overflow("sale.lines"))?;
         lines.push(SaleLine {
             sku,
             quantity: l.quantity,
@@ -238,8 +251,13 @@ fn sale(s: &pb::Sale) -> Result<Sale, Rejection> {
     let mut coupons = Vec::with_capacity(s.coupons.len());
     for (i, c) in s.coupons.iter().enumerate() {
         let code = required(&format!("sale.coupons[{i}].code"), &c.code)?;
-        let disc = non_negative(&format!("sale.coupons[{i}].discount_minor"), c.discount_minor)?;
-        computed = computed.checked_sub(disc).ok_or_else(|| overflow("sale.coupons"))?;
+        let disc = non_negative(
+            &format!("sale.coupons[{i}].discount_minor"),
+            c.discount_minor,
+        )?;
+        computed = computed
+            .checked_sub(disc)
+            .ok_or_else(|| overflow("sale.coupons"))?;
         coupons.push(CouponRedemption {
             code,
             discount_minor: disc,
@@ -282,7 +300,9 @@ fn ret(r: &pb::Return) -> Result<Return, Rejection> {
             return Err(Rejection::invalid(&f("quantity"), "must be greater than 0"));
         }
         let refund = non_negative(&f("refund_minor"), l.refund_minor)?;
-        sum = sum.checked_add(refund).ok_or_else(|| overflow("return.lines"))?;
+        sum = sum
+            .checked_add(refund)
+            .ok_or_else(|| overflow("return.lines"))?;
         lines.push(ReturnLine {
             sku,
             quantity: l.quantity,

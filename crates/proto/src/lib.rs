@@ -84,14 +84,19 @@ fn pool() -> &'static DescriptorPool {
 /// 3339. Unknown fields and unknown enum names are rejected (the proto3 JSON default), so a typo
 /// never silently becomes a default value.
 pub fn from_json<M: Message + Default>(name: &str, payload: &[u8]) -> Result<M, Rejection> {
-    let desc = pool()
-        .get_message_by_name(name)
-        .ok_or_else(|| Rejection::new(RejectReason::DecodeError, format!("unknown message {name}")))?;
+    let desc = pool().get_message_by_name(name).ok_or_else(|| {
+        Rejection::new(RejectReason::DecodeError, format!("unknown message {name}"))
+    })?;
     let mut de = serde_json::Deserializer::from_slice(payload);
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
     let dynamic = DynamicMessage::deserialize_with_options(desc, &mut de, &opts)
         .and_then(|m| de.end().map(|()| m))
-        .map_err(|e| Rejection::new(RejectReason::DecodeError, format!("invalid JSON: {}", json_error(&e))))?;
+        .map_err(|e| {
+            Rejection::new(
+                RejectReason::DecodeError,
+                format!("invalid JSON: {}", json_error(&e)),
+            )
+        })?;
     dynamic
         .transcode_to::<M>()
         .map_err(|e| Rejection::new(RejectReason::DecodeError, e.to_string()))
@@ -101,14 +106,22 @@ pub fn from_json<M: Message + Default>(name: &str, payload: &[u8]) -> Result<M, 
 fn json_error(e: &serde_json::Error) -> String {
     let msg = e.to_string();
     if tillbridge_core::pan::contains(&msg) {
-        format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
+        format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
     } else {
         msg
     }
 }
 
 /// Decodes a till event from protobuf or JSON (see [`detect_encoding`]).
-pub fn decode_till_event(payload: &[u8], content_type: Option<&[u8]>) -> Result<pb::TillEvent, Rejection> {
+pub fn decode_till_event(
+    payload: &[u8],
+    content_type: Option<&[u8]>,
+) -> Result<pb::TillEvent, Rejection> {
     match detect_encoding(payload, content_type) {
         Encoding::Json => from_json("tillbridge.v1.TillEvent", payload),
         Encoding::Protobuf => pb::TillEvent::decode(payload).map_err(|e| {
@@ -148,7 +161,16 @@ macro_rules! names {
         }
     )*};
 }
-names!(TillEvent, CouponDefinition, LoyaltyBalance, RedemptionFact, LoyaltyFact, CompensatingAction, FraudAlert, DeadLetter);
+names!(
+    TillEvent,
+    CouponDefinition,
+    LoyaltyBalance,
+    RedemptionFact,
+    LoyaltyFact,
+    CompensatingAction,
+    FraudAlert,
+    DeadLetter
+);
 
 /// The content fingerprint used for deduplication: SHA-256 of the canonical protobuf encoding,
 /// so the same event sent once as JSON and once as protobuf has the same fingerprint.

@@ -2,6 +2,8 @@
 //! 64-bit integers as strings or numbers; and against arbitrary input, where it must always
 //! answer with an event or a typed rejection, never a panic.
 
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use tillbridge_core::domain::{Body, RejectReason};
 use tillbridge_proto::{decode_till_event, detect_encoding, pb, to_json, validate, Encoding};
@@ -23,7 +25,9 @@ fn camel_case_json_with_string_integers_decodes() {
     let raw = decode_till_event(SALE.as_bytes(), None).unwrap();
     let ev = validate(&raw).unwrap();
     assert_eq!(ev.till_seq, 12);
-    let Body::Sale(s) = ev.body else { panic!("not a sale") };
+    let Body::Sale(s) = ev.body else {
+        panic!("not a sale")
+    };
     assert_eq!(s.total_minor, 1750);
     assert_eq!(s.coupons[0].discount_minor, 250);
 }
@@ -43,7 +47,10 @@ fn snake_case_and_numbers_decode_the_same() {
     let a = decode_till_event(SALE.as_bytes(), None).unwrap();
     let b = decode_till_event(snake.as_bytes(), None).unwrap();
     assert_eq!(a, b);
-    assert_eq!(tillbridge_proto::content_hash(&a), tillbridge_proto::content_hash(&b));
+    assert_eq!(
+        tillbridge_proto::content_hash(&a),
+        tillbridge_proto::content_hash(&b)
+    );
 }
 
 #[test]
@@ -56,7 +63,10 @@ fn json_round_trips_through_the_proto3_mapping() {
     assert_eq!(detect_encoding(&bin, None), Encoding::Protobuf);
     assert_eq!(decode_till_event(&bin, None).unwrap(), raw);
     assert_eq!(detect_encoding(b"  {", None), Encoding::Json);
-    assert_eq!(detect_encoding(b"x", Some(b"application/json; charset=utf-8")), Encoding::Json);
+    assert_eq!(
+        detect_encoding(b"x", Some(b"application/json; charset=utf-8")),
+        Encoding::Json
+    );
 }
 
 #[test]
@@ -70,23 +80,57 @@ fn unknown_json_fields_are_rejected_with_their_name() {
 #[test]
 fn every_contract_rule_has_its_reason() {
     assert_eq!(reject("{\"eventId\":"), RejectReason::DecodeError);
-    assert_eq!(reject(&SALE.replace("\"storeId\":\"S1\",", "")), RejectReason::MissingField);
-    assert_eq!(reject(&SALE.replace("\"S1\"", "\"S 1\"")), RejectReason::InvalidField);
-    assert_eq!(reject(&SALE.replace("0b6f2a59-3f8e", "not-a-uuid")), RejectReason::InvalidField);
-    assert_eq!(reject(&SALE.replace("\"tillSeq\":\"12\",", "")), RejectReason::MissingField);
-    assert_eq!(reject(&SALE.replace("\"quantity\":2", "\"quantity\":0")), RejectReason::InvalidField);
-    assert_eq!(reject(&SALE.replace("\"sessionId\":\"R-1\",", "")), RejectReason::MissingField);
-    assert_eq!(reject(&SALE.replace("\"currency\":\"EUR\",", "")), RejectReason::MissingField);
-    assert_eq!(reject(&SALE.replace("\"EUR\"", "\"euro\"")), RejectReason::InvalidField);
-    assert_eq!(reject(&SALE.replace("1750", "1751")), RejectReason::InconsistentTotal);
-    assert_eq!(reject(&SALE.replace("\"channel\":\"KIOSK\"", "\"channel\":\"FAX\"")), RejectReason::DecodeError);
+    assert_eq!(
+        reject(&SALE.replace("\"storeId\":\"S1\",", "")),
+        RejectReason::MissingField
+    );
+    assert_eq!(
+        reject(&SALE.replace("\"S1\"", "\"S 1\"")),
+        RejectReason::InvalidField
+    );
+    assert_eq!(
+        reject(&SALE.replace("0b6f2a59-3f8e", "not-a-uuid")),
+        RejectReason::InvalidField
+    );
+    assert_eq!(
+        reject(&SALE.replace("\"tillSeq\":\"12\",", "")),
+        RejectReason::MissingField
+    );
+    assert_eq!(
+        reject(&SALE.replace("\"quantity\":2", "\"quantity\":0")),
+        RejectReason::InvalidField
+    );
+    assert_eq!(
+        reject(&SALE.replace("\"sessionId\":\"R-1\",", "")),
+        RejectReason::MissingField
+    );
+    assert_eq!(
+        reject(&SALE.replace("\"currency\":\"EUR\",", "")),
+        RejectReason::MissingField
+    );
+    assert_eq!(
+        reject(&SALE.replace("\"EUR\"", "\"euro\"")),
+        RejectReason::InvalidField
+    );
+    assert_eq!(
+        reject(&SALE.replace("1750", "1751")),
+        RejectReason::InconsistentTotal
+    );
+    assert_eq!(
+        reject(&SALE.replace("\"channel\":\"KIOSK\"", "\"channel\":\"FAX\"")),
+        RejectReason::DecodeError
+    );
     assert_eq!(
         reject(&SALE.replace("\"sku\":\"A\"", "\"sku\":\"5500-0000-0000-0004\"")),
         RejectReason::CardData
     );
-    let r = decode_till_event(SALE.replace("\"sku\":\"A\"", "\"sku\":\"5500 0000 0000 0004\"").as_bytes(), None)
-        .and_then(|e| validate(&e))
-        .unwrap_err();
+    let r = decode_till_event(
+        SALE.replace("\"sku\":\"A\"", "\"sku\":\"5500 0000 0000 0004\"")
+            .as_bytes(),
+        None,
+    )
+    .and_then(|e| validate(&e))
+    .unwrap_err();
     assert!(r.detail.contains("sale.lines[0].sku"), "{}", r.detail);
     assert!(!r.detail.contains("5500"), "{}", r.detail);
     let no_body = r#"{"eventId":"0b6f2a59-3f8e-4f54-8a57-7b2f0f7c1c11","storeId":"S1","tillId":"T1","tillSeq":1,"occurredAt":"2026-11-02T10:15:00Z"}"#;
@@ -95,8 +139,11 @@ fn every_contract_rule_has_its_reason() {
 
 #[test]
 fn a_missing_total_is_computed() {
-    let raw = decode_till_event(SALE.replace(",\n\"totalMinor\":1750", "").as_bytes(), None).unwrap();
-    let Body::Sale(s) = validate(&raw).unwrap().body else { panic!() };
+    let raw =
+        decode_till_event(SALE.replace(",\n\"totalMinor\":1750", "").as_bytes(), None).unwrap();
+    let Body::Sale(s) = validate(&raw).unwrap().body else {
+        panic!()
+    };
     assert_eq!(s.total_minor, 1750);
 }
 
@@ -162,11 +209,16 @@ proptest! {
 /// The JSON examples in docs/CONTRACT.md are what integrators paste: they must stay valid.
 #[test]
 fn contract_doc_examples_are_valid() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/CONTRACT.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/CONTRACT.md"
+    ))
+    .unwrap();
     let mut found = 0;
     for block in doc.split("```json").skip(1) {
         let json = block.split("```").next().unwrap();
-        let raw = decode_till_event(json.as_bytes(), None).unwrap_or_else(|r| panic!("{r}: {json}"));
+        let raw =
+            decode_till_event(json.as_bytes(), None).unwrap_or_else(|r| panic!("{r}: {json}"));
         validate(&raw).unwrap_or_else(|r| panic!("{r}: {json}"));
         found += 1;
     }

@@ -86,10 +86,14 @@ impl Router {
         original: Option<&SessionInfo>,
     ) -> Vec<OutRecord> {
         let eid = ev.event_id.to_string();
-        let mut out = vec![OutRecord::new(&self.topics.sessions, Self::session_key(ev), raw.encode_to_vec())
-            .with_header("content-type", CONTENT_TYPE_PROTOBUF)
-            .with_header("tillbridge-event-id", eid.as_bytes())
-            .with_timestamp(record_ts)];
+        let mut out = vec![OutRecord::new(
+            &self.topics.sessions,
+            Self::session_key(ev),
+            raw.encode_to_vec(),
+        )
+        .with_header("content-type", CONTENT_TYPE_PROTOBUF)
+        .with_header("tillbridge-event-id", eid.as_bytes())
+        .with_timestamp(record_ts)];
         let currency = ev.currency.map(|c| c.to_string()).unwrap_or_default();
         match &ev.body {
             Body::Sale(sale) => {
@@ -101,7 +105,12 @@ impl Router {
                         session_id: ev.session_id.clone().unwrap_or_default(),
                         ..fact
                     };
-                    out.push(self.fact_record(&self.topics.redemptions, &c.code, fact.encode_to_vec(), record_ts));
+                    out.push(self.fact_record(
+                        &self.topics.redemptions,
+                        &c.code,
+                        fact.encode_to_vec(),
+                        record_ts,
+                    ));
                 }
                 if let (Some(profile), Some(l)) = (&ev.profile_id, &sale.loyalty) {
                     let base = self.loyalty(ev, profile, &l.program_id, &currency);
@@ -113,7 +122,12 @@ impl Router {
                             sale_total_minor: sale.total_minor,
                             ..base.clone()
                         };
-                        out.push(self.fact_record(&self.topics.loyalty, profile, f.encode_to_vec(), record_ts));
+                        out.push(self.fact_record(
+                            &self.topics.loyalty,
+                            profile,
+                            f.encode_to_vec(),
+                            record_ts,
+                        ));
                     }
                     if l.points_redeemed > 0 {
                         let f = pb::LoyaltyFact {
@@ -123,7 +137,12 @@ impl Router {
                             sale_total_minor: sale.total_minor,
                             ..base
                         };
-                        out.push(self.fact_record(&self.topics.loyalty, profile, f.encode_to_vec(), record_ts));
+                        out.push(self.fact_record(
+                            &self.topics.loyalty,
+                            profile,
+                            f.encode_to_vec(),
+                            record_ts,
+                        ));
                     }
                 }
             }
@@ -139,7 +158,12 @@ impl Router {
                             sale_total_minor: orig.total_minor,
                             ..self.loyalty(ev, profile, &program, &currency)
                         };
-                        out.push(self.fact_record(&self.topics.loyalty, profile, f.encode_to_vec(), record_ts));
+                        out.push(self.fact_record(
+                            &self.topics.loyalty,
+                            profile,
+                            f.encode_to_vec(),
+                            record_ts,
+                        ));
                     }
                 }
             }
@@ -158,7 +182,12 @@ impl Router {
                             sale_total_minor: orig.total_minor,
                             ..self.loyalty(ev, profile, &program, &currency)
                         };
-                        out.push(self.fact_record(&self.topics.loyalty, profile, f.encode_to_vec(), record_ts));
+                        out.push(self.fact_record(
+                            &self.topics.loyalty,
+                            profile,
+                            f.encode_to_vec(),
+                            record_ts,
+                        ));
                     }
                 }
             }
@@ -169,7 +198,12 @@ impl Router {
 
     /// `RELEASED` facts for every coupon of the session `orig`, caused by `ev` (a cancel or a
     /// full return). Ids derive from `ev`, so they are the same whenever they are emitted.
-    pub fn releases(&self, ev: &TillEvent, orig: &SessionInfo, record_ts: Option<i64>) -> Vec<OutRecord> {
+    pub fn releases(
+        &self,
+        ev: &TillEvent,
+        orig: &SessionInfo,
+        record_ts: Option<i64>,
+    ) -> Vec<OutRecord> {
         let session = match &ev.body {
             Body::Return(r) => r.original_session_id.clone(),
             _ => ev.session_id.clone().unwrap_or_default(),
@@ -179,7 +213,8 @@ impl Router {
             .enumerate()
             .map(|(i, code)| {
                 let mut f = self.redemption(ev, pb::RedemptionKind::Released, code, i as u32);
-                f.id = ids::derive(&ev.event_id.to_string(), "redemption.released", i as u32).to_string();
+                f.id = ids::derive(&ev.event_id.to_string(), "redemption.released", i as u32)
+                    .to_string();
                 f.session_id = session.clone();
                 f.currency = orig.currency.clone();
                 f.profile_id = orig.profile_id.clone();
@@ -188,13 +223,25 @@ impl Router {
             .collect()
     }
 
-    fn fact_record(&self, topic: &str, key: &str, payload: Vec<u8>, record_ts: Option<i64>) -> OutRecord {
+    fn fact_record(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Vec<u8>,
+        record_ts: Option<i64>,
+    ) -> OutRecord {
         OutRecord::new(topic, key, payload)
             .with_header("content-type", CONTENT_TYPE_PROTOBUF)
             .with_timestamp(record_ts)
     }
 
-    fn redemption(&self, ev: &TillEvent, kind: pb::RedemptionKind, code: &str, index: u32) -> pb::RedemptionFact {
+    fn redemption(
+        &self,
+        ev: &TillEvent,
+        kind: pb::RedemptionKind,
+        code: &str,
+        index: u32,
+    ) -> pb::RedemptionFact {
         pb::RedemptionFact {
             id: ids::derive(&ev.event_id.to_string(), "redemption", index).to_string(),
             kind: kind as i32,
@@ -215,7 +262,13 @@ impl Router {
         }
     }
 
-    fn loyalty(&self, ev: &TillEvent, profile: &str, program: &str, currency: &str) -> pb::LoyaltyFact {
+    fn loyalty(
+        &self,
+        ev: &TillEvent,
+        profile: &str,
+        program: &str,
+        currency: &str,
+    ) -> pb::LoyaltyFact {
         pb::LoyaltyFact {
             id: String::new(),
             kind: 0,

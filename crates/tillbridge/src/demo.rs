@@ -63,7 +63,10 @@ impl fmt::Display for DemoSummary {
         }
         writeln!(f, "  fraud alerts:")?;
         for (rule, n) in &self.alerts {
-            let subjects = self.alert_subjects.get(rule).map(|s| s.iter().cloned().collect::<Vec<_>>().join(", "));
+            let subjects = self
+                .alert_subjects
+                .get(rule)
+                .map(|s| s.iter().cloned().collect::<Vec<_>>().join(", "));
             writeln!(f, "    {rule:<26} {n:<4} {}", subjects.unwrap_or_default())?;
         }
         writeln!(f, "  report:")?;
@@ -75,7 +78,11 @@ impl fmt::Display for DemoSummary {
 }
 
 /// Runs the demo with its state under `out` (recreated on each run).
-pub async fn run(seed: u64, out: &Path, shutdown: CancellationToken) -> anyhow::Result<DemoSummary> {
+pub async fn run(
+    seed: u64,
+    out: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<DemoSummary> {
     let work = out.join("data");
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
@@ -119,8 +126,14 @@ pub async fn run(seed: u64, out: &Path, shutdown: CancellationToken) -> anyhow::
     };
     let sessions = log.read_all(&config.topics.sessions)?;
     summary.accepted = sessions.len() as u64;
-    for topic in [&config.topics.sessions, &config.topics.redemptions, &config.topics.loyalty] {
-        summary.routed.insert(topic.clone(), log.read_all(topic)?.len() as u64);
+    for topic in [
+        &config.topics.sessions,
+        &config.topics.redemptions,
+        &config.topics.loyalty,
+    ] {
+        summary
+            .routed
+            .insert(topic.clone(), log.read_all(topic)?.len() as u64);
     }
     let mut accepted_ids = std::collections::BTreeSet::new();
     for r in &sessions {
@@ -134,7 +147,10 @@ pub async fn run(seed: u64, out: &Path, shutdown: CancellationToken) -> anyhow::
     }
     let dead: u64 = summary.dead_lettered.values().sum();
     summary.duplicates = events_in - summary.accepted - dead;
-    debug_assert!(summary.dead_lettered.keys().all(|k| RejectReason::from_code(k).is_some()));
+    debug_assert!(summary
+        .dead_lettered
+        .keys()
+        .all(|k| RejectReason::from_code(k).is_some()));
     for r in log.read_all(&config.topics.compensations)? {
         let c = pb::CompensatingAction::decode(r.payload.as_deref().unwrap_or_default())?;
         let kind = pb::CompensationKind::try_from(c.kind)
@@ -152,9 +168,14 @@ pub async fn run(seed: u64, out: &Path, shutdown: CancellationToken) -> anyhow::
             "{rule} {} score={} late={} {}",
             a.subject, a.risk_score, a.late, a.evidence
         ));
-        summary.alert_subjects.entry(rule).or_default().insert(a.subject);
+        summary
+            .alert_subjects
+            .entry(rule)
+            .or_default()
+            .insert(a.subject);
     }
-    let report = tillbridge_reconciler::report(&config.state.dir.join("reconciler"), &config.reconciler)?;
+    let report =
+        tillbridge_reconciler::report(&config.state.dir.join("reconciler"), &config.reconciler)?;
     summary.cases = report.summary().to_string();
     summary.report_files = report.write(out)?;
     Ok(summary)

@@ -40,7 +40,10 @@ impl Transport {
             None => {
                 std::fs::create_dir_all(&config.embedded.path)
                     .with_context(|| format!("creating {}", config.embedded.path.display()))?;
-                Transport::Embedded(EmbeddedLog::open(&config.embedded.path, config.embedded.partitions)?)
+                Transport::Embedded(EmbeddedLog::open(
+                    &config.embedded.path,
+                    config.embedded.partitions,
+                )?)
             }
         })
     }
@@ -131,7 +134,16 @@ where
         Transport::Kafka(k) => {
             let mut source = k.source(name, &topics)?;
             let sink = k.sink()?;
-            let result = stage::run(name, &mut source, &sink, processor, limits, Until::Shutdown, shutdown).await;
+            let result = stage::run(
+                name,
+                &mut source,
+                &sink,
+                processor,
+                limits,
+                Until::Shutdown,
+                shutdown,
+            )
+            .await;
             sink.flush()?;
             source.commit_stored()?;
             Ok(result?)
@@ -152,8 +164,8 @@ pub fn fraud_guard_config(config: &Config) -> anyhow::Result<FraudGuardConfig> {
     if config.fraud_guard.is_null() {
         return Ok(FraudGuardConfig::default());
     }
-    let fg: FraudGuardConfig =
-        serde_json::from_value(config.fraud_guard.clone()).context("invalid [fraud_guard] section")?;
+    let fg: FraudGuardConfig = serde_json::from_value(config.fraud_guard.clone())
+        .context("invalid [fraud_guard] section")?;
     fg.validate().context("invalid [fraud_guard] section")?;
     Ok(fg)
 }
@@ -183,21 +195,33 @@ pub async fn run(
         summary.stages.extend(more.stages);
         return Ok(summary);
     }
-    let until = if until_idle { Until::Idle } else { Until::Shutdown };
+    let until = if until_idle {
+        Until::Idle
+    } else {
+        Until::Shutdown
+    };
     let limits = limits(config);
     let mut tasks = tokio::task::JoinSet::new();
     let state = config.state.dir.clone();
     std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
     if stages.ingest {
         let mut p = Ingest::open(&state, config.topics.clone(), config.ingest.clone())?;
-        let (t, topics, stop) = (transport.clone(), Ingest::input_topics(&config.topics), shutdown.clone());
+        let (t, topics, stop) = (
+            transport.clone(),
+            Ingest::input_topics(&config.topics),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             let r = run_stage("ingest", &t, &topics, &mut p, limits, until, stop.clone()).await;
             ("ingest", r)
         });
     }
     if stages.reconciler {
-        let mut p = Reconciler::open(&state.join("reconciler"), &config.topics, &config.reconciler)?;
+        let mut p = Reconciler::open(
+            &state.join("reconciler"),
+            &config.topics,
+            &config.reconciler,
+        )?;
         let topics = Reconciler::input_topics(&config.topics);
         let (t, stop) = (transport.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -207,7 +231,12 @@ pub async fn run(
     }
     if stages.fraud_guard {
         let fg = fraud_guard_config(config)?;
-        let mut p = FraudGuard::open(&state.join("fraud-guard"), &config.topics, fg, &config.reconciler.report_key)?;
+        let mut p = FraudGuard::open(
+            &state.join("fraud-guard"),
+            &config.topics,
+            fg,
+            &config.reconciler.report_key,
+        )?;
         let topics = tillbridge_fraud_guard::input_topics(&config.topics);
         let (t, stop) = (transport.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -237,7 +266,8 @@ pub async fn run(
 
 /// Writes the reconciliation report from the reconciler's state.
 pub fn write_report(config: &Config, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let report = tillbridge_reconciler::report(&config.state.dir.join("reconciler"), &config.reconciler)?;
+    let report =
+        tillbridge_reconciler::report(&config.state.dir.join("reconciler"), &config.reconciler)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     Ok(report.write(out)?)
 }

@@ -9,7 +9,10 @@ use tillbridge_core::config::Config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "An event-sourced broker between POS fleets and a promotion and loyalty core")]
+#[command(
+    version,
+    about = "An event-sourced broker between POS fleets and a promotion and loyalty core"
+)]
 struct Cli {
     /// TOML configuration file (defaults apply without one; TILLBRIDGE_* variables override).
     #[arg(long, short, global = true, env = "TILLBRIDGE_CONFIG")]
@@ -23,7 +26,11 @@ enum Command {
     /// Run the pipeline: on Kafka when `[kafka]` is configured, else on the embedded log.
     Run {
         /// Stages to run, comma separated.
-        #[arg(long, default_value = "ingest,reconciler,fraud-guard", value_delimiter = ',')]
+        #[arg(
+            long,
+            default_value = "ingest,reconciler,fraud-guard",
+            value_delimiter = ','
+        )]
         stages: Vec<String>,
         /// Stop once every input is consumed (embedded log only).
         #[arg(long)]
@@ -88,7 +95,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Run { stages, until_idle } => {
             let stages = Stages::parse(&stages)?;
             let transport = Transport::from_config(&config)?;
-            let summary = tillbridge::run(&config, &transport, stages, until_idle, shutdown).await?;
+            let summary =
+                tillbridge::run(&config, &transport, stages, until_idle, shutdown).await?;
             println!("{summary}");
         }
         Command::Publish { file, topic, check } => {

@@ -35,12 +35,20 @@ impl fmt::Display for PublishReport {
         for (line, reason, detail) in &self.problems {
             writeln!(f, "line {line}: {reason}: {detail}")?;
         }
-        let verb = if self.checked_only { "valid (not published)" } else { "published" };
+        let verb = if self.checked_only {
+            "valid (not published)"
+        } else {
+            "published"
+        };
         writeln!(
             f,
             "{} lines: {} {verb}, {} rejected",
             self.lines,
-            if self.checked_only { self.lines - self.rejected() } else { self.published },
+            if self.checked_only {
+                self.lines - self.rejected()
+            } else {
+                self.published
+            },
             self.rejected()
         )
     }
@@ -48,7 +56,8 @@ impl fmt::Display for PublishReport {
 
 /// Checks one JSON line; the event when it keeps the contract.
 pub fn check_line(line: &str) -> Result<pb::TillEvent, tillbridge_proto::Rejection> {
-    let raw: pb::TillEvent = tillbridge_proto::from_json("tillbridge.v1.TillEvent", line.as_bytes())?;
+    let raw: pb::TillEvent =
+        tillbridge_proto::from_json("tillbridge.v1.TillEvent", line.as_bytes())?;
     tillbridge_proto::validate(&raw)?;
     Ok(raw)
 }

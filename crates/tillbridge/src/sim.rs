@@ -81,7 +81,10 @@ struct Sim {
 fn coupon(code: &str, limit: u32, per_profile: u32, offline_allowed: bool) -> pb::CouponDefinition {
     pb::CouponDefinition {
         code: code.into(),
-        campaign_id: format!("camp-{}", code.split('-').next().unwrap_or(code).to_lowercase()),
+        campaign_id: format!(
+            "camp-{}",
+            code.split('-').next().unwrap_or(code).to_lowercase()
+        ),
         usage_limit: limit,
         per_profile_limit: per_profile,
         valid_from: Some(ts(day() - Duration::days(30))),
@@ -109,7 +112,9 @@ impl Sim {
     }
 
     fn uuid(&mut self) -> String {
-        uuid::Builder::from_random_bytes(self.rng.gen()).into_uuid().to_string()
+        uuid::Builder::from_random_bytes(self.rng.gen())
+            .into_uuid()
+            .to_string()
     }
 
     fn seq(&mut self, store: &str, till: &str) -> u64 {
@@ -138,7 +143,11 @@ impl Sim {
 
     /// Online events arrive seconds after they happen; offline ones when the till syncs.
     fn push(&mut self, ev: pb::TillEvent, arrives: DateTime<Utc>) {
-        let enc = if self.rng.gen_ratio(1, 5) { Enc::Proto } else { Enc::Json };
+        let enc = if self.rng.gen_ratio(1, 5) {
+            Enc::Proto
+        } else {
+            Enc::Json
+        };
         self.planned.push(Planned {
             ev,
             record_ms: arrives.timestamp_millis(),
@@ -146,7 +155,13 @@ impl Sim {
         });
     }
 
-    fn sale(&mut self, store: &str, till: &str, at: DateTime<Utc>, spec: SaleSpec) -> pb::TillEvent {
+    fn sale(
+        &mut self,
+        store: &str,
+        till: &str,
+        at: DateTime<Utc>,
+        spec: SaleSpec,
+    ) -> pb::TillEvent {
         let mut ev = self.base(store, till, at, spec.offline);
         self.next_session += 1;
         ev.session_id = format!("R-{store}-{till}-{:05}", self.next_session);
@@ -157,7 +172,11 @@ impl Sim {
         for i in 0..n_lines {
             let qty = self.rng.gen_range(1..=3u32);
             let price = self.rng.gen_range(199..=4999i64);
-            let disc = if i == 0 { spec.line_discount.min(price * i64::from(qty)) } else { 0 };
+            let disc = if i == 0 {
+                spec.line_discount.min(price * i64::from(qty))
+            } else {
+                0
+            };
             total += price * i64::from(qty) - disc;
             lines.push(pb::SaleLine {
                 sku: format!("SKU-{:04}", self.rng.gen_range(1..500)),
@@ -181,7 +200,11 @@ impl Sim {
         let loyalty = spec.profile.as_ref().map(|_| pb::LoyaltyActivity {
             program_id: "club".into(),
             // A sale that spends points earns none, so planted deficits are exact.
-            points_earned: if spec.redeem_points > 0 { 0 } else { total.max(0) / 100 },
+            points_earned: if spec.redeem_points > 0 {
+                0
+            } else {
+                total.max(0) / 100
+            },
             points_redeemed: spec.redeem_points,
         });
         ev.body = Some(Body::Sale(pb::Sale {
@@ -224,7 +247,10 @@ pub(crate) fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_top
         coupon("SU-CANCEL", 1, 0, true),
     ];
     let mut xmas = coupon("XMAS-EARLY", 0, 0, true);
-    xmas.valid_from = Some(ts(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).single().unwrap_or(d0)));
+    xmas.valid_from = Some(ts(Utc
+        .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+        .single()
+        .unwrap_or(d0)));
     defs.push(xmas);
     let balances = (1..=30)
         .map(|i| {
@@ -234,7 +260,8 @@ pub(crate) fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_top
                 balance: if i == 7 { 500 } else { 1000 },
                 as_of: Some(ts(d0 - Duration::hours(8))),
             };
-            OutRecord::new(balance_topic, b.profile_id.clone(), b.encode_to_vec()).with_timestamp(Some(catalog_at))
+            OutRecord::new(balance_topic, b.profile_id.clone(), b.encode_to_vec())
+                .with_timestamp(Some(catalog_at))
         })
         .collect();
 
@@ -244,14 +271,17 @@ pub(crate) fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_top
     let sync_at = d0 + m(305);
     // A till that comes back online resends its backlog oldest first (a second per minute of
     // backlog), as POS vendors' offline queues do.
-    let backlog_arrival = move |at: DateTime<Utc>| sync_at + Duration::seconds((at - offline_from).num_minutes().max(0));
+    let backlog_arrival = move |at: DateTime<Utc>| {
+        sync_at + Duration::seconds((at - offline_from).num_minutes().max(0))
+    };
 
     // Ordinary traffic on every till.
     for store in STORES {
         for till in TILLS {
             for i in 0..SALES_PER_TILL {
                 let at = d0 + m((i as i64) * 15 + sim.rng.gen_range(0..14));
-                let offline = store == "S03" && till == "T2" && at >= offline_from && at < offline_to;
+                let offline =
+                    store == "S03" && till == "T2" && at >= offline_from && at < offline_to;
                 let mut spec = SaleSpec {
                     offline,
                     ..Default::default()
@@ -267,9 +297,17 @@ pub(crate) fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_top
                     spec.coupons = vec![(sim.welcome_code(), 2500)];
                 }
                 // The till with a slow clock stamps events 20 minutes early.
-                let stamped = if store == "S02" && till == "T3" { at - m(20) } else { at };
+                let stamped = if store == "S02" && till == "T3" {
+                    at - m(20)
+                } else {
+                    at
+                };
                 let ev = sim.sale(store, till, stamped, spec);
-                let arrives = if offline { backlog_arrival(at) } else { at + Duration::seconds(2) };
+                let arrives = if offline {
+                    backlog_arrival(at)
+                } else {
+                    at + Duration::seconds(2)
+                };
                 sim.push(ev, arrives);
             }
         }
@@ -279,7 +317,11 @@ pub(crate) fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_top
     let plant = |sim: &mut Sim, store: &str, till: &str, at: DateTime<Utc>, spec: SaleSpec| {
         let offline = spec.offline;
         let ev = sim.sale(store, till, at, spec);
-        let arrives = if offline { backlog_arrival(at) } else { at + Duration::seconds(3) };
+        let arrives = if offline {
+            backlog_arrival(at)
+        } else {
+            at + Duration::seconds(3)
+        };
         sim.push(ev, arrives);
     };
     let leak = |offline| SaleSpec {
@@ -313,9 +355,27 @@ pub(crate) fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_top
         offline,
         ..Default::default()
     };
-    plant(&mut sim, "S03", "T2", d0 + m(170), one("STAFF-OFF", 800, true));
-    plant(&mut sim, "S04", "T3", d0 + m(200), one("XMAS-EARLY", 700, false));
-    plant(&mut sim, "S05", "T3", d0 + m(210), one("GHOST-99", 900, false));
+    plant(
+        &mut sim,
+        "S03",
+        "T2",
+        d0 + m(170),
+        one("STAFF-OFF", 800, true),
+    );
+    plant(
+        &mut sim,
+        "S04",
+        "T3",
+        d0 + m(200),
+        one("XMAS-EARLY", 700, false),
+    );
+    plant(
+        &mut sim,
+        "S05",
+        "T3",
+        d0 + m(210),
+        one("GHOST-99", 900, false),
+    );
     // SU-CANCEL: used, cancelled, used again elsewhere.
     let first = sim.sale("S02", "T1", d0 + m(90), one("SU-CANCEL", 500, false));
     let session = first.session_id.clone();
@@ -326,9 +386,18 @@ pub(crate) fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_top
         reason: "customer changed mind".into(),
     }));
     sim.push(cancel, d0 + m(95) + Duration::seconds(2));
-    plant(&mut sim, "S04", "T2", d0 + m(360), one("SU-CANCEL", 500, false));
+    plant(
+        &mut sim,
+        "S04",
+        "T2",
+        d0 + m(360),
+        one("SU-CANCEL", 500, false),
+    );
     // P007 redeems 400 points twice: offline at S03, online at S04.
-    for (store, till, at, offline) in [("S03", "T2", d0 + m(160), true), ("S04", "T1", d0 + m(200), false)] {
+    for (store, till, at, offline) in [
+        ("S03", "T2", d0 + m(160), true),
+        ("S04", "T1", d0 + m(200), false),
+    ] {
         let spec = SaleSpec {
             profile: Some("P007".into()),
             redeem_points: 400,
@@ -395,20 +464,32 @@ pub(crate) fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_top
     }
     let coupons = defs
         .iter()
-        .map(|c| OutRecord::new(coupon_topic, c.code.clone(), c.encode_to_vec()).with_timestamp(Some(catalog_at)))
+        .map(|c| {
+            OutRecord::new(coupon_topic, c.code.clone(), c.encode_to_vec())
+                .with_timestamp(Some(catalog_at))
+        })
         .collect();
 
     // Number each till's events in the order they happened, as a till does; then lose
     // receipts 31-33 of S06/T3, which never sync.
-    sim.planned.sort_by_key(|p| (p.ev.store_id.clone(), p.ev.till_id.clone(), p.ev.occurred_at.map(|t| t.seconds)));
+    sim.planned.sort_by_key(|p| {
+        (
+            p.ev.store_id.clone(),
+            p.ev.till_id.clone(),
+            p.ev.occurred_at.map(|t| t.seconds),
+        )
+    });
     let mut seqs: std::collections::HashMap<String, u64> = Default::default();
     for p in &mut sim.planned {
-        let s = seqs.entry(format!("{}/{}", p.ev.store_id, p.ev.till_id)).or_insert(0);
+        let s = seqs
+            .entry(format!("{}/{}", p.ev.store_id, p.ev.till_id))
+            .or_insert(0);
         *s += 1;
         p.ev.till_seq = *s;
     }
-    sim.planned
-        .retain(|p| !(p.ev.store_id == "S06" && p.ev.till_id == "T3" && (31..=33).contains(&p.ev.till_seq)));
+    sim.planned.retain(|p| {
+        !(p.ev.store_id == "S06" && p.ev.till_id == "T3" && (31..=33).contains(&p.ev.till_seq))
+    });
 
     // Encode in arrival order; resend some.
     sim.planned.sort_by_key(|p| p.record_ms);
@@ -435,9 +516,15 @@ pub(crate) fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_top
     // Malformed and rejected records, from a badly behaved integration.
     let bad_at = (d0 + m(480)).timestamp_millis();
     let mut bad = Vec::new();
-    bad.push((br#"{"eventId": "9b6f0c2e-0000-4000-8000-00000000000""#.to_vec(), true));
+    bad.push((
+        br#"{"eventId": "9b6f0c2e-0000-4000-8000-00000000000""#.to_vec(),
+        true,
+    ));
     bad.push((vec![0xff, 0x01, 0x02, 0x03, 0x99], false));
-    let template = planned.iter().find(|p| matches!(p.ev.body, Some(Body::Sale(_)))).map(|p| p.ev.clone());
+    let template = planned
+        .iter()
+        .find(|p| matches!(p.ev.body, Some(Body::Sale(_))))
+        .map(|p| p.ev.clone());
     if let Some(t) = template {
         let fresh = |sim: &mut Sim, t: &pb::TillEvent| {
             let mut e = t.clone();
@@ -480,7 +567,13 @@ pub(crate) fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_top
         bad.push((to_json(&e).into_bytes(), true));
     }
     for (i, (bytes, json)) in bad.into_iter().enumerate() {
-        till_events.push(record(till_topic, format!("S0{}/T1", i % 6 + 1), bytes, json, bad_at + i as i64));
+        till_events.push(record(
+            till_topic,
+            format!("S0{}/T1", i % 6 + 1),
+            bytes,
+            json,
+            bad_at + i as i64,
+        ));
     }
     Fleet {
         coupons,

@@ -2,6 +2,8 @@
 //! `promo.sessions`, every bad one on the DLQ with its reason, no card digits anywhere, and no
 //! loss across SIGKILLs of the process in the middle of consumption.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,7 +24,10 @@ fn ids_on(broker: &str, topic: &str) -> (Vec<String>, BTreeMap<String, BTreeSet<
     let mut payloads: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
     for g in got {
         let e = pb::TillEvent::decode(g.payload.as_slice()).expect("sessions hold protobuf");
-        payloads.entry(e.event_id.clone()).or_default().insert(g.payload.clone());
+        payloads
+            .entry(e.event_id.clone())
+            .or_default()
+            .insert(g.payload.clone());
         ids.push(e.event_id);
     }
     (ids, payloads)
@@ -30,7 +35,9 @@ fn ids_on(broker: &str, topic: &str) -> (Vec<String>, BTreeMap<String, BTreeSet<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() {
-    let Some(broker) = common::broker() else { return };
+    let Some(broker) = common::broker() else {
+        return;
+    };
     let state = tempfile::tempdir().unwrap();
     let config = common::config(&broker, state.path()).await;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(20_000);
@@ -112,13 +119,20 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
     };
     let run = {
         let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(async move { tillbridge::run(&config, &transport, stages, false, shutdown).await })
+        tokio::spawn(
+            async move { tillbridge::run(&config, &transport, stages, false, shutdown).await },
+        )
     };
-    let (b, sessions, dlq) = (broker.clone(), config.topics.sessions.clone(), config.topics.dlq.clone());
+    let (b, sessions, dlq) = (
+        broker.clone(),
+        config.topics.sessions.clone(),
+        config.topics.dlq.clone(),
+    );
     tokio::task::spawn_blocking(move || {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(240) {
-            if common::end_offsets(&b, &sessions) >= 17_000 && common::end_offsets(&b, &dlq) >= 605 {
+            if common::end_offsets(&b, &sessions) >= 17_000 && common::end_offsets(&b, &dlq) >= 605
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -132,7 +146,11 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
 
     let (ids, _) = ids_on(&broker, &config.topics.sessions);
     let distinct: BTreeSet<&String> = ids.iter().collect();
-    assert_eq!(ids.len(), 17_000, "no duplicate on promo.sessions in a run without crashes");
+    assert_eq!(
+        ids.len(),
+        17_000,
+        "no duplicate on promo.sessions in a run without crashes"
+    );
     let want: BTreeSet<&String> = events.iter().map(|e| &e.event_id).collect();
     assert_eq!(distinct, want);
 
@@ -152,7 +170,10 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
     assert_eq!(reasons.get("MISSING_FIELD"), Some(&100));
     for topic in config.topics.all() {
         for g in common::read_all(&broker, topic) {
-            assert!(!String::from_utf8_lossy(&g.payload).contains("4000 0566"), "card digits on {topic}");
+            assert!(
+                !String::from_utf8_lossy(&g.payload).contains("4000 0566"),
+                "card digits on {topic}"
+            );
         }
     }
 }
@@ -163,20 +184,36 @@ fn child_env(config: &Config, broker: &str) -> Vec<(String, String)> {
     let t = &config.topics;
     vec![
         ("TILLBRIDGE_KAFKA__BOOTSTRAP_SERVERS".into(), broker.into()),
-        ("TILLBRIDGE_KAFKA__GROUP_PREFIX".into(), k.group_prefix.clone()),
+        (
+            "TILLBRIDGE_KAFKA__GROUP_PREFIX".into(),
+            k.group_prefix.clone(),
+        ),
         ("TILLBRIDGE_KAFKA__FETCH_WAIT_MAX_MS".into(), "10".into()),
-        ("TILLBRIDGE_TOPICS__TILL_EVENTS".into(), t.till_events.clone()),
+        (
+            "TILLBRIDGE_TOPICS__TILL_EVENTS".into(),
+            t.till_events.clone(),
+        ),
         ("TILLBRIDGE_TOPICS__SESSIONS".into(), t.sessions.clone()),
-        ("TILLBRIDGE_TOPICS__REDEMPTIONS".into(), t.redemptions.clone()),
+        (
+            "TILLBRIDGE_TOPICS__REDEMPTIONS".into(),
+            t.redemptions.clone(),
+        ),
         ("TILLBRIDGE_TOPICS__LOYALTY".into(), t.loyalty.clone()),
         ("TILLBRIDGE_TOPICS__DLQ".into(), t.dlq.clone()),
-        ("TILLBRIDGE_STATE__DIR".into(), config.state.dir.display().to_string()),
+        (
+            "TILLBRIDGE_STATE__DIR".into(),
+            config.state.dir.display().to_string(),
+        ),
         ("TILLBRIDGE_LOG".into(), "warn".into()),
     ]
 }
 
 fn spawn_ingest(env: &[(String, String)], log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_tillbridge"))
         .args(["run", "--stages", "ingest"])
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -188,7 +225,9 @@ fn spawn_ingest(env: &[(String, String)], log: &std::path::Path) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_event_is_lost_across_sigkills() {
-    let Some(broker) = common::broker() else { return };
+    let Some(broker) = common::broker() else {
+        return;
+    };
     let state = tempfile::tempdir().unwrap();
     let config = common::config(&broker, state.path()).await;
     const N: usize = 100_000;
@@ -214,7 +253,11 @@ async fn no_event_is_lost_across_sigkills() {
                     last = done;
                     break;
                 }
-                assert!(child.try_wait().unwrap().is_none(), "child exited; see {}", log.display());
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "child exited; see {}",
+                    log.display()
+                );
                 assert!(start.elapsed() < Duration::from_secs(180), "no progress");
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -234,7 +277,11 @@ async fn no_event_is_lost_across_sigkills() {
                     break;
                 }
             }
-            assert!(child.try_wait().unwrap().is_none(), "child exited; see {}", log.display());
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "child exited; see {}",
+                log.display()
+            );
             assert!(start.elapsed() < Duration::from_secs(300), "did not finish");
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -248,10 +295,21 @@ async fn no_event_is_lost_across_sigkills() {
     let (ids, payloads) = ids_on(&broker, &config.topics.sessions);
     let distinct: BTreeSet<&String> = ids.iter().collect();
     let want: BTreeSet<&String> = events.iter().map(|e| &e.event_id).collect();
-    assert_eq!(distinct, want, "every good event id is on the output, and nothing else");
+    assert_eq!(
+        distinct, want,
+        "every good event id is on the output, and nothing else"
+    );
     let replayed = ids.len() - distinct.len();
-    println!("{} records for {} distinct events: {replayed} re-sent by replays after SIGKILL", ids.len(), distinct.len());
+    println!(
+        "{} records for {} distinct events: {replayed} re-sent by replays after SIGKILL",
+        ids.len(),
+        distinct.len()
+    );
     for (id, p) in &payloads {
-        assert_eq!(p.len(), 1, "a replayed record of {id} differs from the first one");
+        assert_eq!(
+            p.len(),
+            1,
+            "a replayed record of {id} differs from the first one"
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! outside client builds them, through the ingest stage; exactly the expected records come out on
 //! `promo.sessions`, `tillbridge.redemptions` and `tillbridge.dlq`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -18,7 +20,9 @@ fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_batch_yields_exactly_the_expected_outputs() {
-    let Some(broker) = common::broker() else { return };
+    let Some(broker) = common::broker() else {
+        return;
+    };
     let state = tempfile::tempdir().unwrap();
     let config = common::config(&broker, state.path()).await;
     let now = chrono::Utc::now();
@@ -126,7 +130,9 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
     };
     let run = {
         let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(async move { tillbridge::run(&config, &transport, stages, false, shutdown).await })
+        tokio::spawn(
+            async move { tillbridge::run(&config, &transport, stages, false, shutdown).await },
+        )
     };
     let dlq_topic = config.topics.dlq.clone();
     let b = broker.clone();
@@ -138,7 +144,9 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
     let sessions_topic = config.topics.sessions.clone();
     let b = broker.clone();
     tokio::task::spawn_blocking(move || {
-        common::read_until(&b, &sessions_topic, Duration::from_secs(60), |g| g.len() >= 4)
+        common::read_until(&b, &sessions_topic, Duration::from_secs(60), |g| {
+            g.len() >= 4
+        })
     })
     .await
     .unwrap();
@@ -148,12 +156,19 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
     let sessions = common::read_all(&broker, &config.topics.sessions);
     let mut session_ids: Vec<String> = sessions
         .iter()
-        .map(|g| pb::TillEvent::decode(g.payload.as_slice()).unwrap().event_id)
+        .map(|g| {
+            pb::TillEvent::decode(g.payload.as_slice())
+                .unwrap()
+                .event_id
+        })
         .collect();
     session_ids.sort();
     let mut want: Vec<String> = ids[..4].to_vec();
     want.sort();
-    assert_eq!(session_ids, want, "each good event exactly once on promo.sessions");
+    assert_eq!(
+        session_ids, want,
+        "each good event exactly once on promo.sessions"
+    );
     let keys: BTreeMap<String, String> = sessions
         .iter()
         .map(|g| {
@@ -162,7 +177,10 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
         })
         .collect();
     assert_eq!(keys[&ids[0]], "R-1");
-    assert_eq!(keys[&ids[2]], "S2/T1", "an event without a session is keyed by its till");
+    assert_eq!(
+        keys[&ids[2]], "S2/T1",
+        "an event without a session is keyed by its till"
+    );
 
     let redemptions = common::read_all(&broker, &config.topics.redemptions);
     let mut codes: Vec<String> = redemptions
@@ -195,10 +213,17 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
         assert_eq!(dl.source_topic, config.topics.till_events);
         assert!(!dl.detail.is_empty());
         let text = String::from_utf8_lossy(&dl.original);
-        assert!(!tillbridge_core::pan::contains(&text), "card digits reached the DLQ");
+        assert!(
+            !tillbridge_core::pan::contains(&text),
+            "card digits reached the DLQ"
+        );
         assert!(!text.contains("4111"), "card digits reached the DLQ");
         if dl.reason == "CARD_DATA" {
-            assert!(dl.detail.contains("cashier_id"), "detail names the field: {}", dl.detail);
+            assert!(
+                dl.detail.contains("cashier_id"),
+                "detail names the field: {}",
+                dl.detail
+            );
             assert!(text.contains("**** **** **** ****"));
         }
     }

@@ -65,7 +65,11 @@ impl EmbeddedLog {
 
     /// A source reading `topics` for consumer `group`, from the group's stored positions.
     pub fn source(&self, group: &str, topics: &[&str]) -> Result<EmbeddedSource> {
-        let positions = self.inner.db.open_tree(POSITIONS).map_err(|e| self.err(e))?;
+        let positions = self
+            .inner
+            .db
+            .open_tree(POSITIONS)
+            .map_err(|e| self.err(e))?;
         let mut cursors = BTreeMap::new();
         for topic in topics {
             for p in 0..self.inner.partitions as i32 {
@@ -130,11 +134,7 @@ impl EmbeddedLog {
                     .apply_batch(batch)
                     .map_err(|e| self.err(e))?;
             }
-            self.inner
-                .db
-                .flush_async()
-                .await
-                .map_err(|e| self.err(e))?;
+            self.inner.db.flush_async().await.map_err(|e| self.err(e))?;
         }
         self.inner.appended.notify_waiters();
         Ok(())
@@ -277,7 +277,9 @@ impl EmbeddedSource {
                 .filter_map(|(i, q)| q.front().map(|r| (r.timestamp_ms, i)))
                 .min();
             let Some((_, i)) = next else { break };
-            let Some(rec) = queues[i].pop_front() else { break };
+            let Some(rec) = queues[i].pop_front() else {
+                break;
+            };
             bytes += rec.size();
             self.cursors
                 .insert((rec.topic.clone(), rec.partition), rec.offset as u64 + 1);
@@ -370,7 +372,9 @@ mod tests {
             for r in &batch {
                 firsts.entry(r.partition).or_insert_with(|| r.position());
             }
-            src.ack(&firsts.into_values().collect::<Vec<_>>()).await.unwrap();
+            src.ack(&firsts.into_values().collect::<Vec<_>>())
+                .await
+                .unwrap();
         }
         let log = EmbeddedLog::open(dir.path(), 2).unwrap();
         let mut src = log.source("g", &["t"]).unwrap();

@@ -15,7 +15,9 @@ use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KHeader, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -58,7 +60,10 @@ impl KafkaLog {
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", self.config.fetch_wait_max_ms.to_string())
+            .set(
+                "fetch.wait.max.ms",
+                self.config.fetch_wait_max_ms.to_string(),
+            )
             .set("queued.min.messages", "10000")
             .set(
                 "queued.max.messages.kbytes",
@@ -147,7 +152,10 @@ impl ConsumerContext for CommitBeforeRevoke {
         if let Rebalance::Revoke(tpl) = rebalance {
             // Nothing stored yet is not an error.
             match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) => tracing::info!(partitions = tpl.count(), "committed stored offsets before revoke"),
+                Ok(()) => tracing::info!(
+                    partitions = tpl.count(),
+                    "committed stored offsets before revoke"
+                ),
                 Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
                 Err(e) => tracing::warn!(error = %e, "commit before revoke failed"),
             }
@@ -163,7 +171,9 @@ pub struct KafkaSource {
 
 impl std::fmt::Debug for KafkaSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSource").field("group", &self.group).finish()
+        f.debug_struct("KafkaSource")
+            .field("group", &self.group)
+            .finish()
     }
 }
 
@@ -173,7 +183,12 @@ impl KafkaSource {
             .headers()
             .map(|hs| {
                 hs.iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -232,7 +247,9 @@ impl Source for KafkaSource {
     async fn ack(&mut self, positions: &[Position]) -> Result<()> {
         let mut highest: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for p in positions {
-            let e = highest.entry((p.topic.as_str(), p.partition)).or_insert(p.offset);
+            let e = highest
+                .entry((p.topic.as_str(), p.partition))
+                .or_insert(p.offset);
             *e = (*e).max(p.offset);
         }
         for ((topic, partition), offset) in highest {
@@ -244,7 +261,11 @@ impl Source for KafkaSource {
                 // The partition was revoked meanwhile (librdkafka #3774): its new owner replays
                 // from the last commit, so the work is dropped here, not lost.
                 Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
-                    tracing::info!(topic, partition, "offset not stored: partition no longer assigned");
+                    tracing::info!(
+                        topic,
+                        partition,
+                        "offset not stored: partition no longer assigned"
+                    );
                 }
                 Err(e) => return Err(kafka_err(e)),
             }
@@ -296,8 +317,9 @@ impl Sink for KafkaSink {
                     value: Some(v.as_slice()),
                 });
             }
-            let mut fr: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&r.topic).key(r.key.as_slice()).headers(headers);
+            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic)
+                .key(r.key.as_slice())
+                .headers(headers);
             if let Some(p) = &r.payload {
                 fr = fr.payload(p.as_slice());
             }
@@ -318,7 +340,10 @@ impl Sink for KafkaSink {
         if failed > 0 {
             return Err(Error::Delivery {
                 topic: records.first().map(|r| r.topic.clone()).unwrap_or_default(),
-                reason: format!("{failed} of {} records not acknowledged: {last}", records.len()),
+                reason: format!(
+                    "{failed} of {} records not acknowledged: {last}",
+                    records.len()
+                ),
             });
         }
         Ok(())

@@ -112,7 +112,10 @@ pub struct BatchLimits {
 /// Reads records of a consumer group. Records of one partition come in offset order.
 pub trait Source: Send {
     /// The next records, at most `limits`; empty when none came within `limits.wait`.
-    fn next_batch(&mut self, limits: BatchLimits) -> impl Future<Output = Result<Vec<Record>>> + Send;
+    fn next_batch(
+        &mut self,
+        limits: BatchLimits,
+    ) -> impl Future<Output = Result<Vec<Record>>> + Send;
 
     /// Marks every record of a partition up to and including `positions`' offsets as done. Call it
     /// only once the effects of those records are durable.

@@ -18,7 +18,9 @@ pub fn broker() -> Option<String> {
     match std::env::var("TILLBRIDGE_TEST_KAFKA") {
         Ok(b) if !b.is_empty() => Some(b),
         _ => {
-            eprintln!("SKIPPED: TILLBRIDGE_TEST_KAFKA is not set; run scripts/test.sh to start a broker");
+            eprintln!(
+                "SKIPPED: TILLBRIDGE_TEST_KAFKA is not set; run scripts/test.sh to start a broker"
+            );
             None
         }
     }
@@ -69,7 +71,11 @@ pub fn producer(broker: &str) -> FutureProducer {
 }
 
 /// Produces `(key, payload, content-type)` records and waits for every acknowledgement.
-pub async fn produce(producer: &FutureProducer, topic: &str, records: &[(String, Vec<u8>, Option<&str>)]) {
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(String, Vec<u8>, Option<&str>)],
+) {
     let futures: Vec<_> = records
         .iter()
         .map(|(k, v, ct)| {
@@ -81,7 +87,10 @@ pub async fn produce(producer: &FutureProducer, topic: &str, records: &[(String,
                 });
             }
             producer.send(
-                FutureRecord::to(topic).key(k.as_bytes()).payload(v.as_slice()).headers(headers),
+                FutureRecord::to(topic)
+                    .key(k.as_bytes())
+                    .payload(v.as_slice())
+                    .headers(headers),
                 Duration::from_secs(30),
             )
         })
@@ -101,7 +110,12 @@ pub struct Got {
 
 /// Reads every record of `topic` from the beginning until `done(records)` holds or `limit`
 /// passes; returns what it read.
-pub fn read_until(broker: &str, topic: &str, limit: Duration, done: impl Fn(&[Got]) -> bool) -> Vec<Got> {
+pub fn read_until(
+    broker: &str,
+    topic: &str,
+    limit: Duration,
+    done: impl Fn(&[Got]) -> bool,
+) -> Vec<Got> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)
         .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
@@ -111,7 +125,8 @@ pub fn read_until(broker: &str, topic: &str, limit: Duration, done: impl Fn(&[Go
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
     }
     consumer.assign(&tpl).expect("assign");
     let start = Instant::now();
@@ -164,7 +179,9 @@ pub fn read_all(broker: &str, topic: &str) -> Vec<Got> {
     if total == 0 {
         return Vec::new();
     }
-    let mut got = read_until(broker, topic, Duration::from_secs(60), |g| g.len() as i64 >= total);
+    let mut got = read_until(broker, topic, Duration::from_secs(60), |g| {
+        g.len() as i64 >= total
+    });
     assert_eq!(got.len() as i64, total, "could not read {topic} to its end");
     got.sort_by(|a, b| a.payload.cmp(&b.payload));
     got
@@ -179,7 +196,11 @@ pub struct Sent {
 }
 
 /// `n` distinct valid events over `tills` tills (half JSON, half protobuf) and their ids.
-pub fn good_events(n: usize, tills: usize, seed: u64) -> (Vec<Sent>, Vec<tillbridge_proto::pb::TillEvent>) {
+pub fn good_events(
+    n: usize,
+    tills: usize,
+    seed: u64,
+) -> (Vec<Sent>, Vec<tillbridge_proto::pb::TillEvent>) {
     use prost::Message;
     use rand::{Rng, SeedableRng};
     use tillbridge_proto::pb;
@@ -195,7 +216,9 @@ pub fn good_events(n: usize, tills: usize, seed: u64) -> (Vec<Sent>, Vec<tillbri
         let till = format!("T{}", t % 4);
         let price = rng.gen_range(100..10_000i64);
         let ev = pb::TillEvent {
-            event_id: uuid::Builder::from_random_bytes(rng.gen()).into_uuid().to_string(),
+            event_id: uuid::Builder::from_random_bytes(rng.gen())
+                .into_uuid()
+                .to_string(),
             store_id: store.clone(),
             till_id: till.clone(),
             till_seq: seqs[t],
@@ -219,7 +242,10 @@ pub fn good_events(n: usize, tills: usize, seed: u64) -> (Vec<Sent>, Vec<tillbri
             ..Default::default()
         };
         let (payload, ct) = if i % 2 == 0 {
-            (tillbridge_proto::to_json(&ev).into_bytes(), Some("application/json"))
+            (
+                tillbridge_proto::to_json(&ev).into_bytes(),
+                Some("application/json"),
+            )
         } else {
             (ev.encode_to_vec(), None)
         };
