@@ -99,6 +99,11 @@ pub struct KafkaConfig {
     /// Prefix of the consumer group ids; each stage appends its own name.
     #[serde(default = "default_group_prefix")]
     pub group_prefix: String,
+    /// `group.instance.id` (static membership): a process restarted with the same id takes its
+    /// partitions back at once instead of waiting for the old member's session to expire. Give
+    /// each instance its own stable id; leave unset for dynamic membership.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// `fetch.wait.max.ms`: how long a fetch may wait for data. Some brokers (tansu 0.6.0) hold
     /// every fetch this long, so a small value matters for throughput.
     #[serde(default = "default_fetch_wait_max_ms")]
@@ -133,6 +138,7 @@ impl KafkaConfig {
         KafkaConfig {
             bootstrap_servers: bootstrap_servers.into(),
             group_prefix: default_group_prefix(),
+            instance_id: None,
             fetch_wait_max_ms: default_fetch_wait_max_ms(),
             queued_max_messages_kbytes: default_queued_max_kbytes(),
             delivery_timeout: default_delivery_timeout(),

@@ -109,7 +109,9 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
     all.extend(tail);
     assert_eq!(all.len(), 17_000 + 2000 + 200 + 405);
     let producer = common::producer(&broker);
+    let t = Instant::now();
     common::produce_sent(&producer, &config.topics.till_events, &all).await;
+    println!("produced {} records in {:?}", all.len(), t.elapsed());
 
     let shutdown = CancellationToken::new();
     let transport = Transport::from_config(&config).unwrap();
@@ -128,18 +130,18 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
         config.topics.sessions.clone(),
         config.topics.dlq.clone(),
     );
+    let started = Instant::now();
     tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(240) {
-            if common::end_offsets(&b, &sessions) >= 17_000 && common::end_offsets(&b, &dlq) >= 605
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        common::Tail::new(&b, &sessions).until(Duration::from_secs(300), |g| g.len() >= 17_000);
+        common::Tail::new(&b, &dlq).until(Duration::from_secs(60), |g| g.len() >= 605);
     })
     .await
     .unwrap();
+    println!(
+        "ingest handled {} records in {:?}",
+        all.len(),
+        started.elapsed()
+    );
     shutdown.cancel();
     let stats = run.await.unwrap().unwrap();
     println!("{stats}");
@@ -168,7 +170,12 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
     assert_eq!(reasons.get("CARD_DATA"), Some(&5));
     assert_eq!(reasons.get("DECODE_ERROR"), Some(&300));
     assert_eq!(reasons.get("MISSING_FIELD"), Some(&100));
-    for topic in config.topics.all() {
+    for topic in config
+        .topics
+        .all()
+        .into_iter()
+        .filter(|t| *t != config.topics.till_events)
+    {
         for g in common::read_all(&broker, topic) {
             assert!(
                 !String::from_utf8_lossy(&g.payload).contains("4000 0566"),
@@ -189,6 +196,7 @@ fn child_env(config: &Config, broker: &str) -> Vec<(String, String)> {
             k.group_prefix.clone(),
         ),
         ("TILLBRIDGE_KAFKA__FETCH_WAIT_MAX_MS".into(), "10".into()),
+        ("TILLBRIDGE_KAFKA__INSTANCE_ID".into(), "crash-test".into()),
         (
             "TILLBRIDGE_TOPICS__TILL_EVENTS".into(),
             t.till_events.clone(),
@@ -204,8 +212,17 @@ fn child_env(config: &Config, broker: &str) -> Vec<(String, String)> {
             "TILLBRIDGE_STATE__DIR".into(),
             config.state.dir.display().to_string(),
         ),
-        ("TILLBRIDGE_LOG".into(), "warn".into()),
+        (
+            "TILLBRIDGE_LOG".into(),
+            "info,tillbridge_core=debug,tillbridge_ingest=warn".into(),
+        ),
     ]
+}
+
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 fn spawn_ingest(env: &[(String, String)], log: &std::path::Path) -> Child {
@@ -230,8 +247,12 @@ async fn no_event_is_lost_across_sigkills() {
     };
     let state = tempfile::tempdir().unwrap();
     let config = common::config(&broker, state.path()).await;
-    const N: usize = 100_000;
-    let (sent, events) = common::good_events(N, 64, 2);
+    // The issue asks for 100,000; CRASH_TEST_EVENTS can shrink it while debugging.
+    let n: usize = std::env::var("CRASH_TEST_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let (sent, events) = common::good_events(n, 64, 2);
     let producer = common::producer(&broker);
     common::produce_sent(&producer, &config.topics.till_events, &sent).await;
     let env = child_env(&config, &broker);
@@ -240,51 +261,70 @@ async fn no_event_is_lost_across_sigkills() {
     let b = broker.clone();
     let sessions = config.topics.sessions.clone();
     let kills = tokio::task::spawn_blocking(move || {
+        let mut tail = common::Tail::new(&b, &sessions);
+        let mut ids: BTreeSet<String> = BTreeSet::new();
+        let mut seen = 0;
+        let absorb = |tail: &common::Tail, ids: &mut BTreeSet<String>, seen: &mut usize| {
+            for g in &tail.got[*seen..] {
+                ids.insert(
+                    pb::TillEvent::decode(g.payload.as_slice())
+                        .unwrap()
+                        .event_id,
+                );
+            }
+            *seen = tail.got.len();
+        };
         let mut kills = 0;
-        let mut last = 0;
         while kills < 5 {
             let mut child = spawn_ingest(&env, &log);
             // Kill it once it has made a random amount of progress (1% to 12% of the input).
-            let step = rng.gen_range(N as i64 / 100..N as i64 / 8);
+            let step = rng.gen_range(n / 100..n / 8);
+            let target = (ids.len() + step).min(n - 1);
             let start = Instant::now();
-            loop {
-                let done = common::end_offsets(&b, &sessions);
-                if done >= last + step || done >= N as i64 {
-                    last = done;
-                    break;
-                }
+            while ids.len() < target {
+                tail.poll_for(Duration::from_millis(20));
+                absorb(&tail, &mut ids, &mut seen);
                 assert!(
                     child.try_wait().unwrap().is_none(),
                     "child exited; see {}",
                     log.display()
                 );
-                assert!(start.elapsed() < Duration::from_secs(180), "no progress");
-                std::thread::sleep(Duration::from_millis(20));
+                assert!(
+                    start.elapsed() < Duration::from_secs(180),
+                    "no progress; child log:\n{}",
+                    log_tail(&log)
+                );
             }
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
             kills += 1;
-            println!("SIGKILL #{kills} with {last} records on promo.sessions");
+            println!(
+                "SIGKILL #{kills} after {:?}, with {} distinct events on promo.sessions",
+                start.elapsed(),
+                ids.len()
+            );
         }
         // A last run to the end.
         let mut child = spawn_ingest(&env, &log);
         let start = Instant::now();
-        loop {
-            if common::end_offsets(&b, &sessions) >= N as i64 {
-                let (ids, _) = ids_on(&b, &sessions);
-                let distinct: BTreeSet<&String> = ids.iter().collect();
-                if distinct.len() >= N {
-                    break;
-                }
-            }
+        while ids.len() < n {
+            tail.poll_for(Duration::from_millis(100));
+            absorb(&tail, &mut ids, &mut seen);
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "child exited; see {}",
                 log.display()
             );
-            assert!(start.elapsed() < Duration::from_secs(300), "did not finish");
-            std::thread::sleep(Duration::from_millis(200));
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "did not finish; child log:\n{}",
+                log_tail(&log)
+            );
         }
+        println!(
+            "all {n} events on promo.sessions {:?} after the last restart",
+            start.elapsed()
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         kills

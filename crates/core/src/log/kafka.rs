@@ -71,6 +71,9 @@ impl KafkaLog {
             )
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
+        if let Some(id) = &self.config.instance_id {
+            c.set("group.instance.id", format!("{id}.{stage}"));
+        }
         self.apply_properties(&mut c);
         let consumer: StreamConsumer<CommitBeforeRevoke> = c
             .create_with_context(CommitBeforeRevoke)
@@ -148,6 +151,18 @@ pub struct CommitBeforeRevoke;
 impl ClientContext for CommitBeforeRevoke {}
 
 impl ConsumerContext for CommitBeforeRevoke {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             // Nothing stored yet is not an error.
@@ -245,6 +260,7 @@ impl Source for KafkaSource {
     }
 
     async fn ack(&mut self, positions: &[Position]) -> Result<()> {
+        let mut commit = TopicPartitionList::new();
         let mut highest: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for p in positions {
             let e = highest
@@ -257,7 +273,11 @@ impl Source for KafkaSource {
             tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))
                 .map_err(kafka_err)?;
             match self.consumer.store_offsets(&tpl) {
-                Ok(()) => {}
+                Ok(()) => {
+                    commit
+                        .add_partition_offset(topic, partition, Offset::Offset(offset + 1))
+                        .map_err(kafka_err)?;
+                }
                 // The partition was revoked meanwhile (librdkafka #3774): its new owner replays
                 // from the last commit, so the work is dropped here, not lost.
                 Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
@@ -268,6 +288,13 @@ impl Source for KafkaSource {
                     );
                 }
                 Err(e) => return Err(kafka_err(e)),
+            }
+        }
+        // Commit now (asynchronously) rather than at the next auto-commit tick, so a crash
+        // replays as little as possible. Auto-commit stays on as the backstop.
+        if commit.count() > 0 {
+            if let Err(e) = self.consumer.commit(&commit, CommitMode::Async) {
+                tracing::debug!(error = %e, "async commit not sent; auto-commit will retry");
             }
         }
         Ok(())
