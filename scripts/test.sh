@@ -4,6 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=target/test-broker
+# The HTML report is tested in a real headless browser: Debian's chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium for the browser test"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "no chromium and no root to install it: the browser test will be skipped"
+  fi
+fi
 trap 'scripts/test-broker.sh stop "$dir"' EXIT
 addr=$(scripts/test-broker.sh start "$dir")
 export TILLBRIDGE_TEST_KAFKA="$addr"

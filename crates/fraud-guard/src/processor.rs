@@ -172,12 +172,16 @@ impl Processor for FraudGuard {
 
     fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Error> {
         let mut out = Vec::new();
-        for rec in batch {
+        // `promo.sessions` is keyed by session, so one till's events are spread over partitions
+        // and a consumer receives them partition by partition. The rules work in event time, so
+        // the batch is applied in record-time order across partitions; what a replay skips is
+        // judged against the offsets stored before this batch.
+        let before = self.engine.state.offsets.clone();
+        let mut ordered: Vec<&Record> = batch.iter().collect();
+        ordered.sort_by_key(|r| (r.timestamp_ms, r.partition, r.offset));
+        for rec in ordered {
             self.stats.records += 1;
-            let done = self
-                .engine
-                .state
-                .offsets
+            let done = before
                 .get(&rec.topic)
                 .and_then(|p| p.get(&rec.partition))
                 .is_some_and(|o| rec.offset <= *o);
@@ -188,12 +192,15 @@ impl Processor for FraudGuard {
             for alert in self.handle(rec) {
                 out.push(self.alert_record(&alert, rec.timestamp_ms));
             }
-            self.engine
+            let stored = self
+                .engine
                 .state
                 .offsets
                 .entry(rec.topic.clone())
                 .or_default()
-                .insert(rec.partition, rec.offset);
+                .entry(rec.partition)
+                .or_insert(rec.offset);
+            *stored = (*stored).max(rec.offset);
         }
         for alert in self.engine.expire() {
             let ts = alert

@@ -8,7 +8,7 @@
 
 pub mod demo;
 pub mod publish;
-mod sim;
+pub mod sim;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -16,11 +16,11 @@ const SALES_PER_TILL: usize = 45;
 /// Share of events a till resends (per mille).
 const RESEND_PER_MILLE: u32 = 50;
 
-pub(crate) const STORES: [&str; 6] = ["S01", "S02", "S03", "S04", "S05", "S06"];
+pub const STORES: [&str; 6] = ["S01", "S02", "S03", "S04", "S05", "S06"];
 const TILLS: [&str; 3] = ["T1", "T2", "T3"];
 
 /// What the simulator planted, for the demo's summary.
-pub(crate) const PLANTED: &[&str] = &[
+pub const PLANTED: &[&str] = &[
     "LEAK-7Q2X: single-use coupon redeemed at S03 (offline), S05 and S01 within 20 minutes -> 2 over-redemptions, COUPON_VELOCITY",
     "FLASH-24: unlimited coupon at 3 stores within 15 minutes -> COUPON_VELOCITY only",
     "VIP-GOLD: one profile uses a once-per-profile coupon twice -> PER_PROFILE_LIMIT",
@@ -38,7 +38,7 @@ pub(crate) const PLANTED: &[&str] = &[
 ];
 
 /// The simulated fleet's records, in arrival order.
-pub(crate) struct Fleet {
+pub struct Fleet {
     pub coupons: Vec<OutRecord>,
     pub balances: Vec<OutRecord>,
     pub till_events: Vec<OutRecord>,
@@ -226,7 +226,7 @@ fn record(topic: &str, key: String, payload: Vec<u8>, json: bool, at_ms: i64) ->
 }
 
 /// Builds the fleet's traffic for `seed`.
-pub(crate) fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_topic: &str) -> Fleet {
+pub fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_topic: &str) -> Fleet {
     let mut sim = Sim {
         rng: SmallRng::seed_from_u64(seed),
         seqs: Default::default(),

@@ -361,3 +361,42 @@ impl Tail {
         }
     }
 }
+
+/// The real end offset of every partition of `topics` (read, not taken from the watermarks).
+pub fn real_ends(broker: &str, topics: &[String]) -> BTreeMap<(String, i32), i64> {
+    let mut ends = BTreeMap::new();
+    for t in topics {
+        for p in 0..PARTITIONS {
+            ends.insert((t.clone(), p), 0);
+        }
+        for g in read_all(broker, t) {
+            let e = ends.entry((t.clone(), g.partition)).or_insert(0);
+            *e = (*e).max(g.offset + 1);
+        }
+    }
+    ends
+}
+
+/// Whether consumer group `group` has committed offsets at (or past) `ends`.
+pub fn group_caught_up(broker: &str, group: &str, ends: &BTreeMap<(String, i32), i64>) -> bool {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in ends.keys() {
+        tpl.add_partition(t, *p);
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return false;
+    };
+    committed.elements().iter().all(|e| {
+        let end = ends[&(e.topic().to_owned(), e.partition())];
+        match e.offset() {
+            Offset::Offset(o) => o >= end,
+            _ => end == 0,
+        }
+    })
+}

@@ -1,0 +1,48 @@
+//! The shipped example configuration loads, keeps the defaults it documents, and typos fail.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use tillbridge_core::config::Config;
+
+fn example() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/tillbridge.example.toml")
+}
+
+#[test]
+fn the_example_config_loads_and_matches_the_defaults() {
+    let config = Config::load(Some(&example())).unwrap();
+    let fg = tillbridge::fraud_guard_config(&config).unwrap();
+    assert_eq!(fg, tillbridge_fraud_guard::FraudGuardConfig::default());
+    let defaults = Config::default();
+    assert_eq!(config.topics, defaults.topics);
+    assert_eq!(config.ingest, defaults.ingest);
+    assert_eq!(config.reconciler, defaults.reconciler);
+    assert_eq!(config.kafka.unwrap().bootstrap_servers, "127.0.0.1:9092");
+}
+
+#[test]
+fn typos_in_any_section_are_start_up_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(example()).unwrap();
+    for (from, to) in [
+        ("max_clock_skew", "max_clock_skw"),
+        (
+            "[fraud_guard.clock_drift]\nenabled",
+            "[fraud_guard.clock_drift]\nenabeld",
+        ),
+        ("weight = 20", "weight = 200"),
+        ("delivery_timeout = \"30s\"", "delivery_timeout = \"soon\""),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, text.replacen(from, to, 1)).unwrap();
+        let loaded = Config::load(Some(&f));
+        let failed = match loaded {
+            Err(_) => true,
+            Ok(c) => tillbridge::fraud_guard_config(&c).is_err(),
+        };
+        assert!(failed, "{to} was accepted");
+    }
+}

@@ -1,0 +1,217 @@
+//! The demo as a user runs it: deterministic for a seed, finds what its simulator planted, and
+//! leaks no card number; its HTML report renders in a real headless browser.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use tillbridge_core::log::EmbeddedLog;
+use tokio_util::sync::CancellationToken;
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_is_deterministic_and_finds_what_was_planted() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let first = tillbridge::demo::run(7, a.path(), CancellationToken::new())
+        .await
+        .unwrap();
+    let second = tillbridge::demo::run(7, b.path(), CancellationToken::new())
+        .await
+        .unwrap();
+    for f in ["report.json", "report.csv"] {
+        assert_eq!(
+            read(&a.path().join(f)),
+            read(&b.path().join(f)),
+            "{f} differs between runs"
+        );
+    }
+    assert_eq!(first.dead_lettered, second.dead_lettered);
+    assert_eq!(first.alerts, second.alerts);
+
+    // Every dead-letter reason the simulator planted, once each (DECODE_ERROR twice).
+    let reasons: Vec<(&str, u64)> = first
+        .dead_lettered
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("CARD_DATA", 1),
+            ("CLOCK_SKEW", 1),
+            ("DECODE_ERROR", 2),
+            ("DUPLICATE_CONFLICT", 1),
+            ("INCONSISTENT_TOTAL", 1),
+            ("INVALID_FIELD", 1),
+            ("MISSING_FIELD", 1),
+            ("OVERSIZED", 1),
+        ]
+    );
+    assert!(first.duplicates > 0, "the fleet resends events");
+    assert_eq!(first.events_in, first.accepted + first.duplicates + 9);
+
+    // One alert subject per planted pattern.
+    let subjects = |rule: &str| -> Vec<String> {
+        first
+            .alert_subjects
+            .get(rule)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(subjects("OFFLINE_EXPOSURE"), vec!["store:S03"]);
+    assert_eq!(subjects("OVERRIDE_RATE"), vec!["cashier:S05-C2"]);
+    assert_eq!(subjects("SEQUENCE_GAP"), vec!["till:S06/T3"]);
+    assert_eq!(subjects("CLOCK_DRIFT"), vec!["till:S02/T3"]);
+    assert_eq!(subjects("RETURN_AFTER_REDEMPTION").len(), 1);
+    let velocity = subjects("COUPON_VELOCITY");
+    assert_eq!(velocity.len(), 2);
+    assert!(velocity.iter().any(|s| s.starts_with("coupon:LE…2X#")));
+    assert!(velocity.iter().any(|s| s.starts_with("coupon:FL…24#")));
+
+    // The cases, from the report as an analyst reads it.
+    let report: serde_json::Value =
+        serde_json::from_slice(&read(&a.path().join("report.json"))).unwrap();
+    let cases = report["cases"].as_array().unwrap();
+    let mut kinds: Vec<&str> = cases.iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![
+            "OFFLINE_NOT_ALLOWED",
+            "OUTSIDE_VALIDITY",
+            "OVER_LIMIT",
+            "PER_PROFILE_LIMIT",
+            "POINTS_DEFICIT",
+            "UNKNOWN_COUPON"
+        ]
+    );
+    assert_eq!(
+        report["totals"]["deficit_points"], 300,
+        "400 + 400 points against a balance of 500"
+    );
+    let leak = cases.iter().find(|c| c["subject"] == "LE…2X").unwrap();
+    let timeline = leak["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), 3);
+    // The first redemption in event time stands (the offline one at S03); the other two exceed.
+    assert_eq!(timeline[0]["store_id"], "S03");
+    assert_eq!(timeline[0]["offline"], true);
+    let exceeding: i64 = timeline
+        .iter()
+        .filter(|t| t["verdict"] == "OVER_LIMIT")
+        .map(|t| t["amount_minor"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        timeline
+            .iter()
+            .filter(|t| t["verdict"] == "OVER_LIMIT")
+            .count(),
+        2
+    );
+    assert_eq!(leak["exposure"]["EUR"].as_i64().unwrap(), exceeding);
+    assert!(
+        !cases.iter().any(|c| c["subject"] == "SU…EL"),
+        "a released coupon is no case"
+    );
+
+    // No card digits in any topic or report file.
+    let log = EmbeddedLog::open(&a.path().join("data/log"), 4).unwrap();
+    let config = tillbridge_core::config::Config::default();
+    for topic in config
+        .topics
+        .all()
+        .into_iter()
+        .filter(|t| *t != config.topics.till_events)
+    {
+        for r in log.read_all(topic).unwrap() {
+            let text =
+                String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default()).into_owned();
+            assert!(!text.contains("4111 1111"), "card digits on {topic}");
+            assert!(
+                !tillbridge_core::pan::contains(&text),
+                "a card number on {topic}"
+            );
+        }
+    }
+    for f in ["report.json", "report.csv", "report.html"] {
+        let text = String::from_utf8(read(&a.path().join(f))).unwrap();
+        assert!(!text.contains("4111"), "card digits in {f}");
+        assert!(!text.contains("LEAK-7Q2X"), "a full coupon code in {f}");
+    }
+}
+
+/// The HTML report in headless Chromium: it renders, shows the cases, and loads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_report_renders_in_a_headless_browser() {
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let Some(chromium) = chromium else {
+        eprintln!("SKIPPED: no chromium on PATH; scripts/test.sh installs it");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    tillbridge::demo::run(11, dir.path(), CancellationToken::new())
+        .await
+        .unwrap();
+    let html = dir.path().join("report.html");
+    let profile = dir.path().join("chromium-profile");
+    let common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ];
+    let out = Command::new(chromium)
+        .args(common)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("<svg"), "charts render");
+    for needle in ["LE…2X", "POINTS_DEFICIT", "OVER_LIMIT", "S03"] {
+        assert!(dom.contains(needle), "the rendered page shows {needle}");
+    }
+    let shot = dir.path().join("report.png");
+    let out = Command::new(chromium)
+        .args(common)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1280,2000")
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = read(&shot);
+    assert!(
+        png.len() > 10_000 && png.starts_with(b"\x89PNG"),
+        "a real screenshot"
+    );
+    if let Ok(keep) = std::env::var("KEEP_REPORT_SCREENSHOT") {
+        std::fs::copy(&shot, keep).unwrap();
+    }
+}
