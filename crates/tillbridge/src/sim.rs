@@ -38,6 +38,7 @@ pub const PLANTED: &[&str] = &[
 ];
 
 /// The simulated fleet's records, in arrival order.
+#[derive(Debug)]
 pub struct Fleet {
     pub coupons: Vec<OutRecord>,
     pub balances: Vec<OutRecord>,
