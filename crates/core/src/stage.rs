@@ -30,6 +30,12 @@ pub trait Processor: Send {
 
     /// Persists the staged state changes; called once the batch's outputs are durable.
     fn commit(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Whether the processor's state starts empty (new or rebuilt after damage), so that its
+    /// inputs must be read from the beginning to rebuild it.
+    fn fresh_state(&self) -> bool {
+        false
+    }
 }
 
 /// How a stage loop ends.

@@ -16,6 +16,7 @@ pub struct StateStore {
     db: sled::Db,
     path: PathBuf,
     rebuilt: bool,
+    fresh: bool,
 }
 
 impl StateStore {
@@ -29,6 +30,7 @@ impl StateStore {
                 db,
                 path: path.to_owned(),
                 rebuilt: false,
+                fresh: !existed,
             }),
             Err(reason) => {
                 let aside = path.with_extension(format!(
@@ -48,6 +50,7 @@ impl StateStore {
                     db,
                     path: path.to_owned(),
                     rebuilt: true,
+                    fresh: true,
                 })
             }
         }
@@ -81,6 +84,13 @@ impl StateStore {
         self.rebuilt
     }
 
+    /// Whether the store starts empty (created now, or rebuilt): the stage must then read its
+    /// topics from the beginning, whatever positions its consumer group had stored, because
+    /// the state those positions reflected is gone.
+    pub fn fresh(&self) -> bool {
+        self.fresh
+    }
+
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
@@ -111,6 +121,7 @@ mod tests {
         {
             let s = StateStore::open(&p, "v1").unwrap();
             assert!(!s.rebuilt());
+            assert!(s.fresh());
             s.db().insert(b"k", b"v").unwrap();
             s.db().flush().unwrap();
         }
@@ -118,6 +129,7 @@ mod tests {
         {
             let s = StateStore::open(&p, "v1").unwrap();
             assert!(!s.rebuilt());
+            assert!(!s.fresh());
             assert!(s.db().get(b"k").unwrap().is_some());
         }
         // Another format: rebuilt.

@@ -170,6 +170,10 @@ impl FraudGuard {
 impl Processor for FraudGuard {
     type Error = Error;
 
+    fn fresh_state(&self) -> bool {
+        self.store.fresh()
+    }
+
     fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Error> {
         let mut out = Vec::new();
         // `promo.sessions` is keyed by session, so one till's events are spread over partitions

@@ -382,6 +382,10 @@ fn now_ts() -> prost_types::Timestamp {
 impl Processor for Ingest {
     type Error = Error;
 
+    fn fresh_state(&self) -> bool {
+        self.store.fresh()
+    }
+
     fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Error> {
         let mut out = Vec::with_capacity(batch.len() * 2);
         for rec in batch {

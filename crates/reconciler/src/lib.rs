@@ -618,6 +618,10 @@ impl Reconciler {
 impl Processor for Reconciler {
     type Error = Error;
 
+    fn fresh_state(&self) -> bool {
+        self.store.fresh()
+    }
+
     fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Error> {
         let mut coupons: BTreeMap<String, CouponState> = BTreeMap::new();
         let mut profiles: BTreeMap<String, ProfileState> = BTreeMap::new();

@@ -125,14 +125,16 @@ where
     P: Processor,
 {
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    // New or rebuilt state: replay the inputs from the beginning.
+    let from_start = processor.fresh_state();
     match transport {
         Transport::Embedded(log) => {
-            let mut source = log.source(name, &topics)?;
+            let mut source = log.source_from(name, &topics, from_start)?;
             let sink = log.sink();
             Ok(stage::run(name, &mut source, &sink, processor, limits, until, shutdown).await?)
         }
         Transport::Kafka(k) => {
-            let mut source = k.source(name, &topics)?;
+            let mut source = k.source(name, &topics, from_start)?;
             let sink = k.sink()?;
             let result = stage::run(
                 name,
@@ -231,12 +233,7 @@ pub async fn run(
     }
     if stages.fraud_guard {
         let fg = fraud_guard_config(config)?;
-        let mut p = FraudGuard::open(
-            &state.join("fraud-guard"),
-            &config.topics,
-            fg,
-            &config.reconciler.report_key,
-        )?;
+        let mut p = FraudGuard::open(&state, &config.topics, fg, &config.reconciler.report_key)?;
         let topics = tillbridge_fraud_guard::input_topics(&config.topics);
         let (t, stop) = (transport.clone(), shutdown.clone());
         tasks.spawn(async move {

@@ -526,6 +526,9 @@ pub fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_topic: &st
         .iter()
         .find(|p| matches!(p.ev.body, Some(Body::Sale(_))))
         .map(|p| p.ev.clone());
+    let template_key = template
+        .as_ref()
+        .map(|t| format!("{}/{}", t.store_id, t.till_id));
     if let Some(t) = template {
         let fresh = |sim: &mut Sim, t: &pb::TillEvent| {
             let mut e = t.clone();
@@ -567,14 +570,17 @@ pub fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_topic: &st
         }
         bad.push((to_json(&e).into_bytes(), true));
     }
+    // A till resends on its own key, so the conflicting resend follows its original in the same
+    // partition; the other bad records come from a misbehaving integration on S01/T9.
+    let conflict_key = template_key.unwrap_or_else(|| "S01/T1".to_owned());
+    let n_bad = bad.len();
     for (i, (bytes, json)) in bad.into_iter().enumerate() {
-        till_events.push(record(
-            till_topic,
-            format!("S0{}/T1", i % 6 + 1),
-            bytes,
-            json,
-            bad_at + i as i64,
-        ));
+        let key = if i + 1 == n_bad {
+            conflict_key.clone()
+        } else {
+            "S01/T9".to_owned()
+        };
+        till_events.push(record(till_topic, key, bytes, json, bad_at + i as i64));
     }
     Fleet {
         coupons,

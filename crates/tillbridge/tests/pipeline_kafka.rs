@@ -41,6 +41,18 @@ fn alert_subjects(records: &[Vec<u8>]) -> BTreeMap<i32, BTreeSet<String>> {
     out
 }
 
+/// The alerts whose rules do not depend on the order in which partitions are read. On Kafka a
+/// consumer of `promo.sessions` (keyed by session) receives one till's events partition by
+/// partition, so SEQUENCE_GAP (which follows each till's own event time) and CLOCK_DRIFT can
+/// differ from the embedded run; see the known limits in docs/ARCHITECTURE.md. They are checked
+/// to include the planted subjects.
+fn comparable(a: &BTreeMap<i32, BTreeSet<String>>) -> BTreeMap<i32, BTreeSet<String>> {
+    let mut a = a.clone();
+    a.remove(&(pb::AlertRule::SequenceGap as i32));
+    a.remove(&(pb::AlertRule::ClockDrift as i32));
+    a
+}
+
 async fn produce(broker: &str, records: Vec<OutRecord>) {
     let producer = common::producer(broker);
     for chunk in records.chunks(2000) {
@@ -74,27 +86,35 @@ async fn produce(broker: &str, records: Vec<OutRecord>) {
     }
 }
 
-async fn run_until(config: &Config, stages: Stages, done: impl Fn() -> bool + Send + 'static) {
+async fn run_until(
+    config: &Config,
+    stages: Stages,
+    done: impl Fn() -> bool + Send + Sync + 'static,
+) {
     let shutdown = CancellationToken::new();
     let transport = Transport::from_config(config).unwrap();
-    let run = {
+    let mut run = {
         let (config, shutdown) = (config.clone(), shutdown.clone());
         tokio::spawn(
             async move { tillbridge::run(&config, &transport, stages, false, shutdown).await },
         )
     };
-    tokio::task::spawn_blocking(move || {
-        let start = std::time::Instant::now();
-        while !done() {
-            assert!(
-                start.elapsed() < Duration::from_secs(240),
-                "pipeline did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(250));
+    let done = std::sync::Arc::new(done);
+    let start = std::time::Instant::now();
+    loop {
+        let check = done.clone();
+        if tokio::task::spawn_blocking(move || check()).await.unwrap() {
+            break;
         }
-    })
-    .await
-    .unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "pipeline did not finish"
+        );
+        tokio::select! {
+            r = &mut run => panic!("the pipeline stopped early: {:?}", r.unwrap().map(|s| s.to_string())),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }
@@ -155,9 +175,22 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
             .into_iter()
             .map(|g| g.payload)
             .collect();
-        outstanding(&comps) == want.0 && alert_subjects(&alerts) == want.1
+        let (o, a) = (outstanding(&comps), alert_subjects(&alerts));
+        o == want.0 && comparable(&a) == comparable(&want.1)
     })
     .await;
+    let alerts: Vec<Vec<u8>> = common::read_all(&broker, &config.topics.alerts)
+        .into_iter()
+        .map(|g| g.payload)
+        .collect();
+    let got = alert_subjects(&alerts);
+    for rule in [pb::AlertRule::SequenceGap, pb::AlertRule::ClockDrift] {
+        let r = rule as i32;
+        assert!(
+            got.get(&r).unwrap().is_superset(&want_alerts[&r]),
+            "{rule:?}"
+        );
+    }
     let report = tillbridge::write_report(&config, &state.path().join("report")).unwrap();
     assert_eq!(report.len(), 3);
     let got_report = std::fs::read(state.path().join("report/report.json")).unwrap();
@@ -166,12 +199,10 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
         "Kafka and embedded runs reach the same report"
     );
 
-    // Wipe the reconciler's state and replay its topics with a new consumer group.
+    // Wipe the reconciler's state and run it again in the same consumer group, whose offsets
+    // are at the end: the new state makes the stage replay its topics from the beginning.
     std::fs::remove_dir_all(state.path().join("reconciler")).unwrap();
-    let mut replay = config.clone();
-    if let Some(k) = replay.kafka.as_mut() {
-        k.group_prefix.push_str("-replay");
-    }
+    let replay = config.clone();
     let reconciler_only = Stages {
         reconciler: true,
         ..Default::default()
@@ -182,8 +213,14 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
         &tillbridge_reconciler::input_topics(&replay.topics),
     );
     let b = broker.clone();
+    // The group's offsets are at the end until the stage moves them back: wait for that first.
+    let reset_seen = std::sync::atomic::AtomicBool::new(false);
     run_until(&replay, reconciler_only, move || {
-        common::group_caught_up(&b, &group, &ends)
+        let caught_up = common::group_caught_up(&b, &group, &ends);
+        if !caught_up {
+            reset_seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        caught_up && reset_seen.load(std::sync::atomic::Ordering::SeqCst)
     })
     .await;
     tillbridge::write_report(&replay, &state.path().join("rebuilt")).unwrap();

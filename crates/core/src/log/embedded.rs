@@ -63,6 +63,32 @@ impl EmbeddedLog {
         EmbeddedSink { log: self.clone() }
     }
 
+    /// A source reading `topics` for consumer `group`, from the group's stored positions, or
+    /// from the beginning when `from_start` (the positions are reset).
+    pub fn source_from(
+        &self,
+        group: &str,
+        topics: &[&str],
+        from_start: bool,
+    ) -> Result<EmbeddedSource> {
+        if from_start {
+            let positions = self
+                .inner
+                .db
+                .open_tree(POSITIONS)
+                .map_err(|e| self.err(e))?;
+            for topic in topics {
+                for p in 0..self.inner.partitions as i32 {
+                    positions
+                        .remove(position_key(group, topic, p))
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            positions.flush().map_err(|e| self.err(e))?;
+        }
+        self.source(group, topics)
+    }
+
     /// A source reading `topics` for consumer `group`, from the group's stored positions.
     pub fn source(&self, group: &str, topics: &[&str]) -> Result<EmbeddedSource> {
         let positions = self

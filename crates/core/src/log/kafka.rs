@@ -50,8 +50,10 @@ impl KafkaLog {
         }
     }
 
-    /// A consumer in group `{group_prefix}.{stage}` subscribed to `topics`.
-    pub fn source(&self, stage: &str, topics: &[&str]) -> Result<KafkaSource> {
+    /// A consumer in group `{group_prefix}.{stage}` subscribed to `topics`; with `from_start`,
+    /// the group's committed offsets are first moved back to the beginning of every partition
+    /// (the stage's state is new or was rebuilt, so it must replay its topics).
+    pub fn source(&self, stage: &str, topics: &[&str], from_start: bool) -> Result<KafkaSource> {
         let group = format!("{}.{}", self.config.group_prefix, stage);
         let mut c = self.base();
         c.set("group.id", &group)
@@ -78,6 +80,10 @@ impl KafkaLog {
         let consumer: StreamConsumer<CommitBeforeRevoke> = c
             .create_with_context(CommitBeforeRevoke)
             .map_err(kafka_err)?;
+        if from_start {
+            reset_to_beginning(&consumer, topics)?;
+            tracing::warn!(%group, "stage state is new: replaying its topics from the beginning");
+        }
         consumer.subscribe(topics).map_err(kafka_err)?;
         Ok(KafkaSource { consumer, group })
     }
@@ -124,6 +130,33 @@ impl KafkaLog {
         }
         Ok(())
     }
+}
+
+/// Commits the low watermark of every partition of `topics` for the consumer's group.
+fn reset_to_beginning<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topics: &[&str],
+) -> Result<()> {
+    let timeout = Duration::from_secs(10);
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(kafka_err)?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (low, _) = consumer
+                    .fetch_watermarks(topic, p.id(), timeout)
+                    .map_err(kafka_err)?;
+                tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
+                    .map_err(kafka_err)?;
+            }
+        }
+    }
+    if tpl.count() > 0 {
+        consumer.commit(&tpl, CommitMode::Sync).map_err(kafka_err)?;
+    }
+    Ok(())
 }
 
 fn kafka_err(e: KafkaError) -> Error {
