@@ -14,6 +14,7 @@ pub mod domain;
 mod error;
 pub mod ids;
 pub mod log;
+pub mod metrics;
 pub mod pan;
 pub mod stage;
 pub mod store;

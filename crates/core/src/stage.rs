@@ -87,12 +87,16 @@ where
             }
             let outputs = processor.process(&batch)?;
             let n_out = outputs.len() as u64;
+            let sent = outputs.clone();
             let mut backoff = RETRY_BACKOFF_FIRST;
             loop {
-                match sink.send(outputs.clone()).await {
+                match sink.send(sent.clone()).await {
                     Ok(()) => break,
                     Err(e) if e.is_retryable() => {
                         stats.send_retries += 1;
+                        crate::metrics::SEND_RETRIES
+                            .with_label_values(&[name])
+                            .inc();
                         tracing::warn!(error = %e, ?backoff, "send failed, retrying");
                         tokio::select! {
                             _ = shutdown.cancelled() => return Ok(stats),
@@ -105,6 +109,23 @@ where
             }
             processor.commit().await?;
             source.ack(&last_positions(&batch)).await?;
+            crate::metrics::RECORDS_CONSUMED
+                .with_label_values(&[name])
+                .inc_by(batch.len() as u64);
+            let mut per_topic: std::collections::BTreeMap<&str, u64> = Default::default();
+            for o in &outputs {
+                *per_topic.entry(o.topic.as_str()).or_default() += 1;
+            }
+            for (topic, n) in per_topic {
+                crate::metrics::RECORDS_PRODUCED
+                    .with_label_values(&[name, topic])
+                    .inc_by(n);
+            }
+            if let Some(lag) = source.lag() {
+                crate::metrics::CONSUMER_LAG
+                    .with_label_values(&[name, "all", "all"])
+                    .set(lag as i64);
+            }
             stats.records += batch.len() as u64;
             stats.batches += 1;
             stats.outputs += n_out;

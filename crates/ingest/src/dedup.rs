@@ -27,6 +27,8 @@ pub(crate) struct DedupIndex {
     hot: DashMap<Uuid, [u8; 32]>,
     /// Entries of the batch in flight, written at commit.
     pending: Vec<(Uuid, [u8; 32], i64)>,
+    /// Entries in `tree` (sled's `len` is a full scan, so it is counted once at open).
+    count: usize,
 }
 
 fn storage(e: sled::Error) -> Error {
@@ -35,11 +37,13 @@ fn storage(e: sled::Error) -> Error {
 
 impl DedupIndex {
     pub(crate) fn new(tree: sled::Tree, expiry: sled::Tree) -> Self {
+        let count = tree.len();
         DedupIndex {
             tree,
             expiry,
             hot: DashMap::new(),
             pending: Vec::new(),
+            count,
         }
     }
 
@@ -68,6 +72,7 @@ impl DedupIndex {
     pub(crate) fn commit(&mut self, horizon_ms: Option<i64>) -> Result<usize, Error> {
         let mut batch = sled::Batch::default();
         let mut exp = sled::Batch::default();
+        let inserted = self.pending.len();
         for (id, hash, ms) in self.pending.drain(..) {
             let mut v = hash.to_vec();
             v.extend_from_slice(&ms.to_be_bytes());
@@ -89,6 +94,7 @@ impl DedupIndex {
         }
         self.tree.apply_batch(batch).map_err(storage)?;
         self.expiry.apply_batch(exp).map_err(storage)?;
+        self.count = (self.count + inserted).saturating_sub(expired);
         if self.hot.len() > HOT_CAPACITY {
             self.hot.clear();
         }
@@ -96,7 +102,7 @@ impl DedupIndex {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.tree.len()
+        self.count
     }
 }
 

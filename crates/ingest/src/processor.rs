@@ -10,7 +10,7 @@ use tillbridge_core::domain::{Body, RejectReason, TillEvent};
 use tillbridge_core::log::{OutRecord, Record};
 use tillbridge_core::stage::Processor;
 use tillbridge_core::store::StateStore;
-use tillbridge_core::{ids, pan};
+use tillbridge_core::{ids, metrics, pan};
 use tillbridge_proto::{pb, Rejection};
 use tillbridge_router::{Router, SessionInfo};
 
@@ -44,6 +44,9 @@ impl IngestStats {
     }
     fn count_dead(&self, reason: RejectReason) {
         self.dead[reason as usize].fetch_add(1, Ordering::Relaxed);
+        metrics::DEAD_LETTERS
+            .with_label_values(&[reason.code()])
+            .inc();
     }
     /// Records routed per destination topic.
     pub fn routed(&self) -> BTreeMap<String, u64> {
@@ -344,6 +347,9 @@ impl Ingest {
         {
             Seen::Duplicate => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                metrics::DUPLICATES_DROPPED
+                    .with_label_values::<&str>(&[])
+                    .inc();
                 return Ok(Vec::new());
             }
             Seen::Conflict => {
@@ -356,6 +362,9 @@ impl Ingest {
             Seen::New => {}
         }
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        metrics::EVENTS_ACCEPTED
+            .with_label_values(&[ev.body_kind().as_str()])
+            .inc();
         self.watermark_ms = Some(self.watermark_ms.map_or(event_ms, |w| w.max(event_ms)));
         let till_key = ev.till_key();
         let mut gaps = self.till(&till_key)?;
@@ -407,6 +416,9 @@ impl Processor for Ingest {
         self.sessions.apply_batch(sessions).map_err(state_err)?;
         let mut tills = sled::Batch::default();
         for (k, v) in std::mem::take(&mut self.staged_tills) {
+            metrics::TILL_SEQUENCE_GAPS
+                .with_label_values(&[k.as_str()])
+                .set(v.missing.len() as i64);
             let bytes = serde_json::to_vec(&v).map_err(|e| Error::State(e.to_string()))?;
             tills.insert(k.as_bytes(), bytes);
         }
@@ -420,6 +432,9 @@ impl Processor for Ingest {
         self.stats
             .dedup_index_size
             .store(self.dedup.len() as u64, Ordering::Relaxed);
+        metrics::DEDUP_INDEX_ENTRIES
+            .with_label_values::<&str>(&[])
+            .set(self.dedup.len() as i64);
         if expired > 0 {
             tracing::debug!(expired, "dedup entries expired");
         }

@@ -35,6 +35,9 @@ enum Command {
         /// Stop once every input is consumed (embedded log only).
         #[arg(long)]
         until_idle: bool,
+        /// Serve Prometheus metrics on this address (for example 127.0.0.1:9464).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Check JSON-lines events against the contract and append the good ones to `till.events`.
     Publish {
@@ -93,8 +96,16 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     match cli.command {
-        Command::Run { stages, until_idle } => {
+        Command::Run {
+            stages,
+            until_idle,
+            metrics_addr,
+        } => {
             let stages = Stages::parse(&stages)?;
+            if let Some(addr) = metrics_addr {
+                let bound = tillbridge::serve_metrics(addr, shutdown.clone()).await?;
+                tracing::info!(%bound, "serving metrics");
+            }
             let transport = Transport::from_config(&config)?;
             let summary =
                 tillbridge::run(&config, &transport, stages, until_idle, shutdown).await?;

@@ -72,13 +72,16 @@ impl KafkaLog {
                 self.config.queued_max_messages_kbytes.to_string(),
             )
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("heartbeat.interval.ms", "1000")
+            .set("statistics.interval.ms", "5000");
         if let Some(id) = &self.config.instance_id {
             c.set("group.instance.id", format!("{id}.{stage}"));
         }
         self.apply_properties(&mut c);
         let consumer: StreamConsumer<CommitBeforeRevoke> = c
-            .create_with_context(CommitBeforeRevoke)
+            .create_with_context(CommitBeforeRevoke {
+                group: group.clone(),
+            })
             .map_err(kafka_err)?;
         if from_start {
             reset_to_beginning(&consumer, topics)?;
@@ -177,11 +180,26 @@ fn kafka_err(e: KafkaError) -> Error {
     }
 }
 
-/// Commits stored offsets before partitions are taken away (rust-rdkafka #627/#636).
+/// Commits stored offsets before partitions are taken away (rust-rdkafka #627/#636), and
+/// publishes the consumer lag librdkafka reports in its statistics.
 #[derive(Debug)]
-pub struct CommitBeforeRevoke;
+pub struct CommitBeforeRevoke {
+    group: String,
+}
 
-impl ClientContext for CommitBeforeRevoke {}
+impl ClientContext for CommitBeforeRevoke {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    crate::metrics::CONSUMER_LAG
+                        .with_label_values(&[&self.group, topic, &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for CommitBeforeRevoke {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -1,0 +1,107 @@
+//! Every metric tillbridge exports, named in one place (Prometheus text format on
+//! `tillbridge run --metrics-addr`; docs/CONFIG.md lists them).
+
+use std::sync::LazyLock;
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// The registry `tillbridge run --metrics-addr` serves.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    // Registering a new, uniquely named metric cannot fail; if it did, the metric still counts.
+    let _ = REGISTRY.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = REGISTRY.register(Box::new(g.clone()));
+    g
+}
+
+/// Records read by a stage.
+pub static RECORDS_CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_records_consumed_total",
+        "Records a stage has processed and acknowledged.",
+        &["stage"],
+    )
+});
+/// Output records a stage made durable.
+pub static RECORDS_PRODUCED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_records_produced_total",
+        "Output records a stage wrote, per topic.",
+        &["stage", "topic"],
+    )
+});
+/// Retries of a failed send.
+pub static SEND_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_send_retries_total",
+        "Sends retried after a retryable failure.",
+        &["stage"],
+    )
+});
+/// Till events accepted by ingest.
+pub static EVENTS_ACCEPTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_events_accepted_total",
+        "Till events accepted by ingest.",
+        &["body"],
+    )
+});
+/// Plain duplicates dropped by ingest.
+pub static DUPLICATES_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_duplicates_dropped_total",
+        "Resent till events dropped by ingest.",
+        &[],
+    )
+});
+/// Dead letters by reason code.
+pub static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_dead_letters_total",
+        "Records dead-lettered, by reason code.",
+        &["reason"],
+    )
+});
+/// Size of the dedup index.
+pub static DEDUP_INDEX_ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tillbridge_dedup_index_entries",
+        "Event ids in the dedup index.",
+        &[],
+    )
+});
+/// Receipts never seen below a till's highest sequence number.
+pub static TILL_SEQUENCE_GAPS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tillbridge_till_sequence_gaps",
+        "Missing till_seq numbers below the highest seen, per till.",
+        &["till"],
+    )
+});
+/// Consumer lag per partition.
+pub static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tillbridge_consumer_lag",
+        "Records not yet consumed, per partition.",
+        &["group", "topic", "partition"],
+    )
+});
+
+/// The registry in Prometheus text format.
+pub fn render() -> String {
+    let mut buf = String::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode_utf8(&REGISTRY.gather(), &mut buf) {
+        tracing::warn!(error = %e, "metrics encoding failed");
+    }
+    buf
+}
