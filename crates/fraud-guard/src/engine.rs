@@ -51,6 +51,9 @@ pub(crate) struct OverrideHit {
 pub(crate) struct Missing {
     /// Event time of the event that revealed the gap.
     detected_ms: i64,
+    /// Record time of that event, when it had one.
+    #[serde(default)]
+    detected_record_ms: Option<i64>,
     /// That event.
     revealed_by: Uuid,
 }
@@ -163,6 +166,14 @@ pub(crate) struct State {
     returns: BTreeMap<String, Vec<ReturnEntry>>,
     /// Window starts of the alerts emitted, per `RULE|subject`, for the cool-down.
     alerted: BTreeMap<String, Vec<i64>>,
+    /// Newest record time read, per input partition. Their minimum is how far every partition
+    /// has been read: a till's events are spread over partitions, so a gap is judged only once
+    /// every partition has been read past the time it must stay open.
+    #[serde(default)]
+    pub partition_record_ms: BTreeMap<i32, i64>,
+    /// How many input partitions there are (0 = unknown): until each was read, no gap is due.
+    #[serde(default)]
+    pub input_partitions: usize,
 }
 
 impl State {
@@ -284,7 +295,7 @@ impl Engine {
         if self.cfg.clock_drift.enabled {
             triggers.extend(self.clock_drift(ev, ms, record_ts));
         }
-        self.track_till(ev, ms);
+        self.track_till(ev, ms, record_ts);
         if self.cfg.sequence_gap.enabled {
             triggers.extend(self.sequence_gap(ev, ms));
         }
@@ -422,7 +433,7 @@ impl Engine {
     }
 
     /// Updates the till's clock, sequence numbers and online marks.
-    fn track_till(&mut self, ev: &TillEvent, ms: i64) {
+    fn track_till(&mut self, ev: &TillEvent, ms: i64, record_ts: Option<i64>) {
         let cap = self.cfg.sequence_gap.max_missing_per_till as usize;
         let till = self.state.tills.entry(ev.till_key()).or_default();
         till.last_ms = till.last_ms.max(ms);
@@ -438,6 +449,7 @@ impl Engine {
                     s,
                     Missing {
                         detected_ms: ms,
+                        detected_record_ms: record_ts,
                         revealed_by: ev.event_id,
                     },
                 );
@@ -469,11 +481,23 @@ impl Engine {
     /// Removes and reports the gaps of `key` due at event time `now`.
     fn due_gaps(&mut self, key: &str, now: i64, store: &str) -> Option<Trigger> {
         let open_for = ms_of(self.cfg.sequence_gap.open_for);
+        let all_read = self.state.partition_record_ms.len() >= self.state.input_partitions;
+        let read_up_to = if all_read {
+            self.state.partition_record_ms.values().min().copied()
+        } else {
+            Some(i64::MIN)
+        };
         let till = self.state.tills.get_mut(key)?;
         let due: Vec<u64> = till
             .missing
             .iter()
-            .filter(|(_, m)| m.detected_ms.saturating_add(open_for) <= now)
+            .filter(|(_, m)| {
+                m.detected_ms.saturating_add(open_for) <= now
+                    && match (m.detected_record_ms, read_up_to) {
+                        (Some(r), Some(w)) => r.saturating_add(open_for) <= w,
+                        _ => true,
+                    }
+            })
             .map(|(s, _)| *s)
             .collect();
         if due.is_empty() {
@@ -845,7 +869,12 @@ impl Engine {
                 .collect();
             for key in keys {
                 let store = key.split('/').next().unwrap_or_default().to_owned();
-                triggers.extend(self.due_gaps(&key, horizon, &store));
+                let till_now = self
+                    .state
+                    .tills
+                    .get(&key)
+                    .map_or(horizon, |t| t.last_ms.max(horizon));
+                triggers.extend(self.due_gaps(&key, till_now, &store));
             }
         } else {
             for t in self.state.tills.values_mut() {

@@ -85,6 +85,12 @@ impl FraudGuard {
     }
 
     /// Whether the state was found damaged and recreated: the caller must replay from the start.
+    /// Tells the stage how many partitions its input has: a till's events are spread over
+    /// them, so a sequence gap is judged only once every partition has been read past it.
+    pub fn set_input_partitions(&mut self, n: usize) {
+        self.engine.state.input_partitions = n;
+    }
+
     pub fn rebuilt(&self) -> bool {
         self.store.rebuilt()
     }
@@ -192,6 +198,15 @@ impl Processor for FraudGuard {
             if done {
                 self.stats.replayed += 1;
                 continue;
+            }
+            if let Some(ts) = rec.timestamp_ms {
+                let read = self
+                    .engine
+                    .state
+                    .partition_record_ms
+                    .entry(rec.partition)
+                    .or_insert(ts);
+                *read = (*read).max(ts);
             }
             for alert in self.handle(rec) {
                 out.push(self.alert_record(&alert, rec.timestamp_ms));

@@ -41,18 +41,6 @@ fn alert_subjects(records: &[Vec<u8>]) -> BTreeMap<i32, BTreeSet<String>> {
     out
 }
 
-/// The alerts whose rules do not depend on the order in which partitions are read. On Kafka a
-/// consumer of `promo.sessions` (keyed by session) receives one till's events partition by
-/// partition, so SEQUENCE_GAP (which follows each till's own event time) and CLOCK_DRIFT can
-/// differ from the embedded run; see the known limits in docs/ARCHITECTURE.md. They are checked
-/// to include the planted subjects.
-fn comparable(a: &BTreeMap<i32, BTreeSet<String>>) -> BTreeMap<i32, BTreeSet<String>> {
-    let mut a = a.clone();
-    a.remove(&(pb::AlertRule::SequenceGap as i32));
-    a.remove(&(pb::AlertRule::ClockDrift as i32));
-    a
-}
-
 async fn produce(broker: &str, records: Vec<OutRecord>) {
     let producer = common::producer(broker);
     for chunk in records.chunks(2000) {
@@ -176,21 +164,9 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
             .map(|g| g.payload)
             .collect();
         let (o, a) = (outstanding(&comps), alert_subjects(&alerts));
-        o == want.0 && comparable(&a) == comparable(&want.1)
+        o == want.0 && a == want.1
     })
     .await;
-    let alerts: Vec<Vec<u8>> = common::read_all(&broker, &config.topics.alerts)
-        .into_iter()
-        .map(|g| g.payload)
-        .collect();
-    let got = alert_subjects(&alerts);
-    for rule in [pb::AlertRule::SequenceGap, pb::AlertRule::ClockDrift] {
-        let r = rule as i32;
-        assert!(
-            got.get(&r).unwrap().is_superset(&want_alerts[&r]),
-            "{rule:?}"
-        );
-    }
     let report = tillbridge::write_report(&config, &state.path().join("report")).unwrap();
     assert_eq!(report.len(), 3);
     let got_report = std::fs::read(state.path().join("report/report.json")).unwrap();

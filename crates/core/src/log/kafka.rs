@@ -110,6 +110,15 @@ impl KafkaLog {
         })
     }
 
+    /// Number of partitions of `topic`.
+    pub fn partition_count(&self, topic: &str) -> Result<usize> {
+        let c: BaseConsumer = self.base().create().map_err(kafka_err)?;
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(kafka_err)?;
+        Ok(md.topics().iter().map(|t| t.partitions().len()).sum())
+    }
+
     /// Creates `topics` with `partitions` partitions; topics that exist are left alone.
     pub async fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.base().create().map_err(kafka_err)?;
