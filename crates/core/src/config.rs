@@ -221,13 +221,27 @@ pub struct ReconcilerConfig {
     pub settlement_horizon: Duration,
     /// Key of the HMAC that fingerprints coupon codes in reports.
     pub report_key: String,
+    /// Policy: violations of these reasons get a REVIEW_ONLY action for an analyst instead of an
+    /// automatic reversal or clawback. An unknown coupon is always review only.
+    pub review_only: Vec<String>,
 }
+
+/// The reasons a reconciler case can have.
+pub const CASE_REASONS: [&str; 6] = [
+    "OVER_LIMIT",
+    "PER_PROFILE_LIMIT",
+    "OUTSIDE_VALIDITY",
+    "OFFLINE_NOT_ALLOWED",
+    "UNKNOWN_COUPON",
+    "POINTS_DEFICIT",
+];
 
 impl Default for ReconcilerConfig {
     fn default() -> Self {
         ReconcilerConfig {
             settlement_horizon: Duration::from_secs(72 * 3600),
             report_key: "change-me".into(),
+            review_only: vec!["UNKNOWN_COUPON".into()],
         }
     }
 }
@@ -279,6 +293,14 @@ impl Config {
             return Err(Error::Config(
                 "ingest.max_payload_bytes must be positive".into(),
             ));
+        }
+        for r in &self.reconciler.review_only {
+            if !CASE_REASONS.contains(&r.as_str()) {
+                return Err(Error::Config(format!(
+                    "reconciler.review_only: unknown reason {r:?} (one of {})",
+                    CASE_REASONS.join(", ")
+                )));
+            }
         }
         if let Some(k) = &self.kafka {
             if k.bootstrap_servers.trim().is_empty() {

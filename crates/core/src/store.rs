@@ -7,6 +7,29 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+/// How long to wait for a sled lock that a just-closed handle of this process may still hold.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
+}
+
+/// Opens a sled database, waiting briefly for its file lock: sled releases it from a
+/// background thread after the last handle is dropped. A lock still held after that belongs to
+/// another process, and is an error, never a sign of damage.
+pub(crate) fn open_sled(path: &Path) -> std::result::Result<sled::Db, sled::Error> {
+    let start = std::time::Instant::now();
+    loop {
+        match sled::open(path) {
+            Err(e) if is_lock_error(&e) && start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The marker of this version's state layout.
 const FORMAT_KEY: &[u8] = b"__tillbridge_format";
 
@@ -25,6 +48,15 @@ impl StateStore {
     /// [`StateStore::rebuilt`] then tells the caller to replay its topics from the start.
     pub fn open(path: &Path, format: &str) -> Result<Self> {
         let existed = path.exists();
+        // Another process holding the store is an operator error, not damage.
+        if existed {
+            if let Err(e) = std::panic::catch_unwind(|| open_sled(path).map(drop)).unwrap_or(Ok(()))
+            {
+                if is_lock_error(&e) {
+                    return Err(Error::storage(path.display().to_string(), e));
+                }
+            }
+        }
         match Self::try_open(path, format, existed) {
             Ok(db) => Ok(StateStore {
                 db,
@@ -58,7 +90,7 @@ impl StateStore {
 
     fn try_open(path: &Path, format: &str, existed: bool) -> std::result::Result<sled::Db, String> {
         // sled 0.34 can panic on some damaged files; a panic here must not become a crash loop.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled::open(path)));
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_sled(path)));
         let db = match opened {
             Ok(r) => r.map_err(|e| e.to_string())?,
             Err(_) => return Err("sled panicked while opening the store".into()),
@@ -113,6 +145,23 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_held_by_another_handle_is_an_error_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        let held = StateStore::open(&p, "v1").unwrap();
+        held.db().insert(b"k", b"v").unwrap();
+        held.db().flush().unwrap();
+        assert!(matches!(
+            StateStore::open(&p, "v1"),
+            Err(Error::Storage { .. })
+        ));
+        drop(held);
+        let s = StateStore::open(&p, "v1").unwrap();
+        assert!(!s.rebuilt(), "the store was kept");
+        assert!(s.db().get(b"k").unwrap().is_some());
+    }
 
     #[test]
     fn a_damaged_store_is_moved_aside_and_recreated() {

@@ -82,6 +82,8 @@ pub struct Reconciler {
     topics: Topics,
     horizon: chrono::Duration,
     report_key: String,
+    /// Reasons answered with REVIEW_ONLY instead of an automatic action (policy).
+    review_only: std::collections::BTreeSet<String>,
     /// State changes of processed batches not yet committed: key to new value (`None` deletes).
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     malformed: u64,
@@ -206,6 +208,7 @@ impl Reconciler {
             topics: topics.clone(),
             horizon,
             report_key: cfg.report_key.clone(),
+            review_only: cfg.review_only.iter().cloned().collect(),
             staged: BTreeMap::new(),
             malformed: 0,
         })
@@ -577,7 +580,11 @@ impl Reconciler {
             tracing::info!(case_id, action = %id, reason = d.reason.as_str(), "compensation issued");
             let action = pb::CompensatingAction {
                 id: id.to_string(),
-                kind: d.reason.action() as i32,
+                kind: if self.review_only.contains(d.reason.as_str()) {
+                    pb::CompensationKind::ReviewOnly as i32
+                } else {
+                    d.reason.action() as i32
+                },
                 case_id: case_id.to_owned(),
                 subject: subject.to_owned(),
                 reason: d.reason.as_str().to_owned(),

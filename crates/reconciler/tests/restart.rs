@@ -87,3 +87,21 @@ fn a_wiped_state_rebuilt_from_the_topics_gives_the_same_report() {
     let after = h.close_and_report().to_json().expect("json");
     assert_eq!(before, after);
 }
+
+#[test]
+fn policy_can_make_a_reason_review_only() {
+    let mut h = Harness::with_cfg(tillbridge_core::config::ReconcilerConfig {
+        review_only: vec!["OVER_LIMIT".into()],
+        ..cfg()
+    });
+    let out = h.feed(&inputs());
+    let kinds: Vec<(String, i32)> = out.iter().map(|a| (a.reason.clone(), a.kind)).collect();
+    assert!(kinds.contains(&("OVER_LIMIT".into(), pb::CompensationKind::ReviewOnly as i32)));
+    assert!(kinds.contains(&(
+        "POINTS_DEFICIT".into(),
+        pb::CompensationKind::ClawbackPoints as i32
+    )));
+    assert!(!kinds
+        .iter()
+        .any(|(_, k)| *k == pb::CompensationKind::ReverseCouponRedemption as i32));
+}

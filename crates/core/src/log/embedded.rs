@@ -31,7 +31,8 @@ struct Inner {
 impl EmbeddedLog {
     /// Opens (or creates) the log at `path` with `partitions` partitions per topic.
     pub fn open(path: &Path, partitions: u32) -> Result<Self> {
-        let db = sled::open(path).map_err(|e| Error::storage(path.display().to_string(), e))?;
+        let db = crate::store::open_sled(path)
+            .map_err(|e| Error::storage(path.display().to_string(), e))?;
         Ok(EmbeddedLog {
             inner: Arc::new(Inner {
                 db,

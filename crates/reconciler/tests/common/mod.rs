@@ -28,6 +28,7 @@ pub fn cfg() -> ReconcilerConfig {
     ReconcilerConfig {
         settlement_horizon: Duration::from_secs(72 * 3600),
         report_key: "test-report-key".into(),
+        ..ReconcilerConfig::default()
     }
 }
 
