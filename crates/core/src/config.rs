@@ -31,6 +31,9 @@ pub struct Config {
     /// The fraud-guard rules. Checked strictly (unknown keys are errors) by the fraud-guard
     /// crate, which owns their types.
     pub fraud_guard: serde_json::Value,
+    /// Routing rules and the store table. Checked strictly by the router crate, which owns
+    /// their types.
+    pub router: serde_json::Value,
 }
 
 /// Topic names (defaults from the wire contract v1).

@@ -144,6 +144,12 @@ impl Ingest {
         })
     }
 
+    /// Routes with `router` (its rules) instead of the default router.
+    pub fn with_router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
     /// Whether the state was found damaged and recreated: the caller must replay from the start.
     pub fn rebuilt(&self) -> bool {
         self.store.rebuilt()
@@ -292,10 +298,7 @@ impl Ingest {
     /// The facts of a cancel or return whose sale arrived after it (without its session record,
     /// which was routed when it arrived).
     fn deferred(&self, ev: &TillEvent, orig: &SessionInfo, ts: Option<i64>) -> Vec<OutRecord> {
-        let raw = pb::TillEvent::default();
-        let mut recs = self.router.route(ev, &raw, ts, Some(orig));
-        recs.retain(|r| r.topic != self.topics.sessions);
-        recs
+        self.router.facts(ev, ts, Some(orig))
     }
 
     fn handle(&mut self, rec: &Record) -> Result<Vec<OutRecord>, Error> {

@@ -7,12 +7,18 @@
 //! - Loyalty activity becomes `LoyaltyFact`s on `tillbridge.loyalty` keyed by profile id; returns
 //!   and cancellations point back to the original session so the reconciler can roll back.
 //!
+//! - Routing rules ([`rules`]) decide where the session record goes (by body, store glob, store
+//!   metadata and channel), and quarantine the events of stores that are not live.
+//!
 //! Output ids are UUIDv5 over the input event id, the fact kind and its index, so a replay
 //! re-sends identical records. The router is pure: what it needs to know about an earlier sale
 //! (its coupons, profile and total) is passed in as a [`SessionInfo`] by the stage that keeps the
 //! session index.
 
+pub mod rules;
+
 use prost::Message;
+pub use rules::{Decision, RouterConfig, RuleError, Rules};
 use serde::{Deserialize, Serialize};
 use tillbridge_core::config::Topics;
 use tillbridge_core::domain::{Body, TillEvent};
@@ -56,6 +62,7 @@ pub type Routed = std::collections::BTreeMap<String, u64>;
 #[derive(Clone, Debug)]
 pub struct Router {
     topics: Topics,
+    rules: Rules,
 }
 
 fn ts(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
@@ -66,8 +73,15 @@ fn ts(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
 }
 
 impl Router {
+    /// A router with the default rules (everything to `promo.sessions`).
     pub fn new(topics: Topics) -> Self {
-        Router { topics }
+        let rules = Rules::default_for(&topics);
+        Router { topics, rules }
+    }
+
+    /// A router with compiled `rules`.
+    pub fn with_rules(topics: Topics, rules: Rules) -> Self {
+        Router { topics, rules }
     }
 
     /// The key of `promo.sessions` for an event.
@@ -86,14 +100,36 @@ impl Router {
         original: Option<&SessionInfo>,
     ) -> Vec<OutRecord> {
         let eid = ev.event_id.to_string();
-        let mut out = vec![OutRecord::new(
-            &self.topics.sessions,
-            Self::session_key(ev),
-            raw.encode_to_vec(),
-        )
-        .with_header("content-type", CONTENT_TYPE_PROTOBUF)
-        .with_header("tillbridge-event-id", eid.as_bytes())
-        .with_timestamp(record_ts)];
+        let decision = self.rules.decide(ev);
+        let payload = raw.encode_to_vec();
+        let mut out: Vec<OutRecord> = decision
+            .topics
+            .iter()
+            .map(|topic| {
+                OutRecord::new(topic, Self::session_key(ev), payload.clone())
+                    .with_header("content-type", CONTENT_TYPE_PROTOBUF)
+                    .with_header("tillbridge-event-id", eid.as_bytes())
+                    .with_timestamp(record_ts)
+            })
+            .collect();
+        if decision.facts {
+            out.extend(self.facts(ev, record_ts, original));
+        }
+        out
+    }
+
+    /// The re-keyed facts of one accepted event (none for a quarantined store).
+    pub fn facts(
+        &self,
+        ev: &TillEvent,
+        record_ts: Option<i64>,
+        original: Option<&SessionInfo>,
+    ) -> Vec<OutRecord> {
+        if !self.rules.decide(ev).facts {
+            return Vec::new();
+        }
+        let eid = ev.event_id.to_string();
+        let mut out = Vec::new();
         let currency = ev.currency.map(|c| c.to_string()).unwrap_or_default();
         match &ev.body {
             Body::Sale(sale) => {

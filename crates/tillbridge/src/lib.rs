@@ -172,6 +172,27 @@ pub fn fraud_guard_config(config: &Config) -> anyhow::Result<FraudGuardConfig> {
     Ok(fg)
 }
 
+/// The routing rules of `config`, compiled (every mistake is a start-up error).
+pub fn router_rules(config: &Config) -> anyhow::Result<tillbridge_router::Rules> {
+    let cfg: tillbridge_router::RouterConfig = if config.router.is_null() {
+        tillbridge_router::RouterConfig::default()
+    } else {
+        serde_json::from_value(config.router.clone()).context("invalid [router] section")?
+    };
+    Ok(tillbridge_router::Rules::compile(&config.topics, &cfg)?)
+}
+
+/// Every topic the configuration names, router destinations included.
+pub fn all_topics(config: &Config) -> anyhow::Result<Vec<String>> {
+    let mut topics: Vec<String> = config.topics.all().into_iter().map(str::to_owned).collect();
+    for t in router_rules(config)?.destination_topics() {
+        if !topics.contains(&t) {
+            topics.push(t);
+        }
+    }
+    Ok(topics)
+}
+
 /// Runs `stages` concurrently until shutdown (or, with `until_idle` on the embedded log, until
 /// every input is consumed: then ingest runs first and the stages that read its outputs after).
 /// A stage that fails cancels the others.
@@ -207,7 +228,10 @@ pub async fn run(
     let state = config.state.dir.clone();
     std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
     if stages.ingest {
-        let mut p = Ingest::open(&state, config.topics.clone(), config.ingest.clone())?;
+        let router =
+            tillbridge_router::Router::with_rules(config.topics.clone(), router_rules(config)?);
+        let mut p =
+            Ingest::open(&state, config.topics.clone(), config.ingest.clone())?.with_router(router);
         let (t, topics, stop) = (
             transport.clone(),
             Ingest::input_topics(&config.topics),

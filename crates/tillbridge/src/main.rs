@@ -145,7 +145,9 @@ async fn main() -> anyhow::Result<()> {
             let Transport::Kafka(k) = Transport::from_config(&config)? else {
                 anyhow::bail!("create-topics needs a [kafka] section");
             };
-            k.create_topics(&config.topics.all(), partitions).await?;
+            let topics = tillbridge::all_topics(&config)?;
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            k.create_topics(&names, partitions).await?;
             println!("topics ready");
         }
     }

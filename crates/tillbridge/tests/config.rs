@@ -15,6 +15,10 @@ fn the_example_config_loads_and_matches_the_defaults() {
     let config = Config::load(Some(&example())).unwrap();
     let fg = tillbridge::fraud_guard_config(&config).unwrap();
     assert_eq!(fg, tillbridge_fraud_guard::FraudGuardConfig::default());
+    let router: tillbridge_router::RouterConfig =
+        serde_json::from_value(config.router.clone()).unwrap();
+    assert_eq!(router, tillbridge_router::RouterConfig::default());
+    tillbridge::router_rules(&config).unwrap();
     let defaults = Config::default();
     assert_eq!(config.topics, defaults.topics);
     assert_eq!(config.ingest, defaults.ingest);
@@ -34,6 +38,7 @@ fn typos_in_any_section_are_start_up_errors() {
         ),
         ("weight = 20", "weight = 200"),
         ("delivery_timeout = \"30s\"", "delivery_timeout = \"soon\""),
+        ("quarantine = \"quarantine\"", "quarantine = \"nowhere\""),
     ] {
         assert!(text.contains(from), "{from}");
         let f = dir.path().join("c.toml");
@@ -41,7 +46,9 @@ fn typos_in_any_section_are_start_up_errors() {
         let loaded = Config::load(Some(&f));
         let failed = match loaded {
             Err(_) => true,
-            Ok(c) => tillbridge::fraud_guard_config(&c).is_err(),
+            Ok(c) => {
+                tillbridge::fraud_guard_config(&c).is_err() || tillbridge::router_rules(&c).is_err()
+            }
         };
         assert!(failed, "{to} was accepted");
     }

@@ -41,7 +41,7 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
     // A JSON return in snake_case field names.
     let return_json = format!(
         r#"{{"event_id":"{id}","store_id":"S1","till_id":"T2","till_seq":7,"occurred_at":"{at}",
-        "session_id":"R-2","currency":"EUR","return":{{"original_session_id":"R-0",
+        "session_id":"R-2","currency":"EUR","return":{{"original_session_id":"R-1",
         "lines":[{{"sku":"A","quantity":1,"refund_minor":1000}}],"refund_minor":1000}}}}"#,
         id = ids[1]
     );
@@ -189,6 +189,35 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
         .collect();
     codes.sort();
     assert_eq!(codes, vec!["SAVE5", "SAVE5", "VIP"]);
+
+    // One LoyaltyFact for the sale's loyalty activity, and one for the return that points back
+    // to the original session (the return synced from another till; its profile comes from
+    // the sale).
+    let loyalty: Vec<pb::LoyaltyFact> = common::read_all(&broker, &config.topics.loyalty)
+        .iter()
+        .map(|g| {
+            assert_eq!(g.key, b"P1");
+            pb::LoyaltyFact::decode(g.payload.as_slice()).unwrap()
+        })
+        .collect();
+    let mut kinds: Vec<i32> = loyalty.iter().map(|f| f.kind).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![
+            pb::LoyaltyFactKind::Earned as i32,
+            pb::LoyaltyFactKind::Returned as i32
+        ]
+    );
+    let returned = loyalty
+        .iter()
+        .find(|f| f.kind == pb::LoyaltyFactKind::Returned as i32)
+        .unwrap();
+    assert_eq!(returned.original_session_id.as_deref(), Some("R-1"));
+    assert_eq!(
+        (returned.refund_minor, returned.sale_total_minor),
+        (1000, 1400)
+    );
 
     let dlq = common::read_all(&broker, &config.topics.dlq);
     let mut reasons: Vec<String> = dlq
