@@ -167,6 +167,33 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
         o == want.0 && a == want.1
     })
     .await;
+    // Each planted pattern yields exactly its alert subject on Kafka too.
+    let alerts: Vec<Vec<u8>> = common::read_all(&broker, &config.topics.alerts)
+        .into_iter()
+        .map(|g| g.payload)
+        .collect();
+    let got = alert_subjects(&alerts);
+    let subjects = |rule: pb::AlertRule| -> Vec<String> {
+        got.get(&(rule as i32))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(subjects(pb::AlertRule::OfflineExposure), vec!["store:S03"]);
+    assert_eq!(
+        subjects(pb::AlertRule::OverrideRate),
+        vec!["cashier:S05-C2"]
+    );
+    assert_eq!(subjects(pb::AlertRule::SequenceGap), vec!["till:S06/T3"]);
+    assert_eq!(subjects(pb::AlertRule::ClockDrift), vec!["till:S02/T3"]);
+    assert_eq!(
+        subjects(pb::AlertRule::ReturnAfterRedemption),
+        vec!["cashier:S01-C2"]
+    );
+    let velocity = subjects(pb::AlertRule::CouponVelocity);
+    assert_eq!(velocity.len(), 2);
+    assert!(velocity.iter().any(|s| s.starts_with("coupon:LE…2X#")));
+    assert!(velocity.iter().any(|s| s.starts_with("coupon:FL…24#")));
+
     let report = tillbridge::write_report(&config, &state.path().join("report")).unwrap();
     assert_eq!(report.len(), 3);
     let got_report = std::fs::read(state.path().join("report/report.json")).unwrap();
