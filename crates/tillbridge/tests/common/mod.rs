@@ -110,70 +110,63 @@ pub struct Got {
     pub headers: BTreeMap<String, Vec<u8>>,
 }
 
-/// Reads every record of `topic` from the beginning until `done(records)` holds or `limit`
-/// passes; returns what it read.
+/// Reads every record of `topic` from the beginning until `done(records)` holds while the topic
+/// is quiet, or `limit` passes; returns what it read.
 pub fn read_until(
     broker: &str,
     topic: &str,
     limit: Duration,
     done: impl Fn(&[Got]) -> bool,
 ) -> Vec<Got> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut tail = Tail::new(broker, topic);
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if tail.poll_for(Duration::from_millis(100)) == 0 && done(&tail.got) {
+            break;
+        }
+    }
+    tail.got
+}
+
+/// A consumer in consumer group `group` that commits nothing by itself.
+fn consumer(broker: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", broker)
-        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
         .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("tpl");
+        .expect("consumer")
+}
+
+/// A consumer in a group of its own.
+fn reader(broker: &str) -> BaseConsumer {
+    consumer(broker, &format!("reader-{}", uuid::Uuid::new_v4()))
+}
+
+fn got(m: &rdkafka::message::BorrowedMessage<'_>) -> Got {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Got {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().unwrap_or_default().to_vec(),
+        payload: m.payload().unwrap_or_default().to_vec(),
+        headers,
     }
-    consumer.assign(&tpl).expect("assign");
-    let start = Instant::now();
-    let mut got = Vec::new();
-    while start.elapsed() < limit {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                got.push(Got {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().unwrap_or_default().to_vec(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers,
-                });
-            }
-            Some(Err(e)) => panic!("consume error: {e}"),
-            None => {
-                if done(&got) {
-                    return got;
-                }
-            }
-        }
-    }
-    got
 }
 
 /// Every record of `topic` up to its current end. tansu 0.6.0 reports a high watermark one short
 /// of the real end when the last produce request carried several records, so the watermarks
 /// are a lower bound: once they are reached, reading goes on until the topic stays quiet.
 pub fn read_all(broker: &str, topic: &str) -> Vec<Got> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("consumer");
+    let consumer = reader(broker);
     let mut at_least = 0;
     for p in 0..PARTITIONS {
         let (_, high) = consumer
@@ -288,10 +281,7 @@ pub async fn produce_sent(producer: &FutureProducer, topic: &str, sent: &[Sent])
 
 /// Sum of the high watermarks of `topic`.
 pub fn end_offsets(broker: &str, topic: &str) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .create()
-        .expect("consumer");
+    let consumer = reader(broker);
     (0..PARTITIONS)
         .map(|p| {
             consumer
@@ -310,13 +300,7 @@ pub struct Tail {
 
 impl Tail {
     pub fn new(broker: &str, topic: &str) -> Tail {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", broker)
-            .set("group.id", format!("tail-{}", uuid::Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .expect("consumer");
+        let consumer = reader(broker);
         let mut tpl = TopicPartitionList::new();
         for p in 0..PARTITIONS {
             tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -335,13 +319,7 @@ impl Tail {
         let before = self.got.len();
         while start.elapsed() < d {
             match self.consumer.poll(Duration::from_millis(20)) {
-                Some(Ok(m)) => self.got.push(Got {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().unwrap_or_default().to_vec(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers: BTreeMap::new(),
-                }),
+                Some(Ok(m)) => self.got.push(got(&m)),
                 Some(Err(e)) => panic!("consume error: {e}"),
                 None => {}
             }
@@ -379,12 +357,7 @@ pub fn real_ends(broker: &str, topics: &[String]) -> BTreeMap<(String, i32), i64
 
 /// Whether consumer group `group` has committed offsets at (or past) `ends`.
 pub fn group_caught_up(broker: &str, group: &str, ends: &BTreeMap<(String, i32), i64>) -> bool {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer = consumer(broker, group);
     let mut tpl = TopicPartitionList::new();
     for (t, p) in ends.keys() {
         tpl.add_partition(t, *p);
