@@ -253,24 +253,38 @@ impl Reconciler {
         Ok(Some(i64::from_be_bytes(bytes)))
     }
 
+    /// The ledger stored under `{prefix}{key}`, loaded once per batch into `cache`; `fresh`
+    /// when there is none yet.
+    fn cached<'a, T: DeserializeOwned>(
+        &self,
+        cache: &'a mut BTreeMap<String, T>,
+        prefix: &str,
+        key: &str,
+        what: &'static str,
+        fresh: impl FnOnce() -> T,
+    ) -> Result<&'a mut T, Error> {
+        match cache.entry(key.to_owned()) {
+            std::collections::btree_map::Entry::Occupied(o) => Ok(o.into_mut()),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let st = match self.get(format!("{prefix}{key}").as_bytes())? {
+                    Some(bytes) => decode_json(what, &bytes)?,
+                    None => fresh(),
+                };
+                Ok(v.insert(st))
+            }
+        }
+    }
+
     fn coupon<'a>(
         &self,
         cache: &'a mut BTreeMap<String, CouponState>,
         code: &str,
     ) -> Result<&'a mut CouponState, Error> {
-        if !cache.contains_key(code) {
-            let st = match self.get(format!("{PREFIX_COUPON}{code}").as_bytes())? {
-                Some(v) => decode_json("coupon ledger", &v)?,
-                None => CouponState {
-                    code: code.to_owned(),
-                    ..CouponState::default()
-                },
-            };
-            cache.insert(code.to_owned(), st);
-        }
-        cache.get_mut(code).ok_or_else(|| Error::Corrupt {
-            what: "coupon ledger",
-            detail: "vanished from the cache".into(),
+        self.cached(cache, PREFIX_COUPON, code, "coupon ledger", || {
+            CouponState {
+                code: code.to_owned(),
+                ..CouponState::default()
+            }
         })
     }
 
@@ -279,19 +293,11 @@ impl Reconciler {
         cache: &'a mut BTreeMap<String, ProfileState>,
         profile: &str,
     ) -> Result<&'a mut ProfileState, Error> {
-        if !cache.contains_key(profile) {
-            let st = match self.get(format!("{PREFIX_PROFILE}{profile}").as_bytes())? {
-                Some(v) => decode_json("profile ledger", &v)?,
-                None => ProfileState {
-                    profile_id: profile.to_owned(),
-                    ..ProfileState::default()
-                },
-            };
-            cache.insert(profile.to_owned(), st);
-        }
-        cache.get_mut(profile).ok_or_else(|| Error::Corrupt {
-            what: "profile ledger",
-            detail: "vanished from the cache".into(),
+        self.cached(cache, PREFIX_PROFILE, profile, "profile ledger", || {
+            ProfileState {
+                profile_id: profile.to_owned(),
+                ..ProfileState::default()
+            }
         })
     }
 

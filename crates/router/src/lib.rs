@@ -158,12 +158,7 @@ impl Router {
                             sale_total_minor: sale.total_minor,
                             ..base.clone()
                         };
-                        out.push(self.fact_record(
-                            &self.topics.loyalty,
-                            profile,
-                            f.encode_to_vec(),
-                            record_ts,
-                        ));
+                        out.push(self.loyalty_record(profile, &f, record_ts));
                     }
                     if l.points_redeemed > 0 {
                         let f = pb::LoyaltyFact {
@@ -173,12 +168,7 @@ impl Router {
                             sale_total_minor: sale.total_minor,
                             ..base
                         };
-                        out.push(self.fact_record(
-                            &self.topics.loyalty,
-                            profile,
-                            f.encode_to_vec(),
-                            record_ts,
-                        ));
+                        out.push(self.loyalty_record(profile, &f, record_ts));
                     }
                 }
             }
@@ -194,12 +184,7 @@ impl Router {
                             sale_total_minor: orig.total_minor,
                             ..self.loyalty(ev, profile, &program, &currency)
                         };
-                        out.push(self.fact_record(
-                            &self.topics.loyalty,
-                            profile,
-                            f.encode_to_vec(),
-                            record_ts,
-                        ));
+                        out.push(self.loyalty_record(profile, &f, record_ts));
                     }
                 }
             }
@@ -218,12 +203,7 @@ impl Router {
                             sale_total_minor: orig.total_minor,
                             ..self.loyalty(ev, profile, &program, &currency)
                         };
-                        out.push(self.fact_record(
-                            &self.topics.loyalty,
-                            profile,
-                            f.encode_to_vec(),
-                            record_ts,
-                        ));
+                        out.push(self.loyalty_record(profile, &f, record_ts));
                     }
                 }
             }
@@ -257,6 +237,20 @@ impl Router {
                 self.fact_record(&self.topics.redemptions, code, f.encode_to_vec(), record_ts)
             })
             .collect()
+    }
+
+    fn loyalty_record(
+        &self,
+        profile: &str,
+        fact: &pb::LoyaltyFact,
+        record_ts: Option<i64>,
+    ) -> OutRecord {
+        self.fact_record(
+            &self.topics.loyalty,
+            profile,
+            fact.encode_to_vec(),
+            record_ts,
+        )
     }
 
     fn fact_record(
