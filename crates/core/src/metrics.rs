@@ -96,6 +96,63 @@ pub static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Records routed by ingest, per destination topic (session records and facts).
+pub static ROUTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_routed_total",
+        "Records routed by ingest and made durable, per destination topic.",
+        &["destination"],
+    )
+});
+/// Requests waiting in the HTTP outbox.
+pub static OUTBOX_ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tillbridge_outbox_entries",
+        "Requests waiting in the HTTP outbox.",
+        &["destination"],
+    )
+});
+/// Bytes held by the HTTP outbox (what its disk budget counts).
+pub static OUTBOX_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tillbridge_outbox_bytes",
+        "Bytes of the requests waiting in the HTTP outbox (counted against http.disk_budget).",
+        &["destination"],
+    )
+});
+/// Age of the oldest request in the HTTP outbox.
+pub static OUTBOX_OLDEST_AGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tillbridge_outbox_oldest_age_seconds",
+        "Seconds since the oldest request still waiting in the HTTP outbox was enqueued.",
+        &["destination"],
+    )
+});
+/// Whether consumption toward the HTTP outbox is paused because its disk budget is full.
+pub static OUTBOX_PAUSED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tillbridge_outbox_paused",
+        "1 while the delivery stage has stopped consuming because the outbox is over its budget.",
+        &["destination"],
+    )
+});
+/// HTTP responses by status (or `timeout`, `connect`, `io` for requests with no response).
+pub static HTTP_RESPONSES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_http_responses_total",
+        "Responses of the promotion core by status code, or the failure without a response.",
+        &["destination", "status"],
+    )
+});
+/// Requests retried, by cause.
+pub static HTTP_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_http_retries_total",
+        "Requests scheduled for another attempt, by cause (429, 5xx, timeout, connect, io).",
+        &["destination", "cause"],
+    )
+});
+
 /// The registry in Prometheus text format.
 pub fn render() -> String {
     let mut buf = String::new();

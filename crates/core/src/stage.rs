@@ -36,6 +36,13 @@ pub trait Processor: Send {
     fn fresh_state(&self) -> bool {
         false
     }
+
+    /// Waits until the processor can take another batch. A processor with a bounded buffer
+    /// behind it (the HTTP outbox) waits here while the buffer is full, so the stage stops
+    /// consuming (backpressure) instead of growing the buffer. The default is ready at once.
+    fn ready(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// How a stage loop ends.
@@ -75,6 +82,10 @@ where
     async move {
         let mut stats = StageStats::default();
         loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = processor.ready() => {}
+            }
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 b = source.next_batch(limits) => b?,

@@ -48,7 +48,7 @@ impl IngestStats {
             .with_label_values(&[reason.code()])
             .inc();
     }
-    /// Records routed per destination topic.
+    /// Records routed per destination topic (counted once their batch is durable).
     pub fn routed(&self) -> BTreeMap<String, u64> {
         self.routed.lock().map(|m| m.clone()).unwrap_or_default()
     }
@@ -104,6 +104,8 @@ pub struct Ingest {
     /// Staged changes of the batch in flight.
     staged_sessions: BTreeMap<String, SessionEntry>,
     staged_tills: BTreeMap<String, TillGaps>,
+    /// Records routed per destination topic in the batch in flight.
+    staged_routed: BTreeMap<String, u64>,
     /// Highest event time accepted (ms), the dedup window's reference.
     watermark_ms: Option<i64>,
     stats: Arc<IngestStats>,
@@ -137,6 +139,7 @@ impl Ingest {
             dedup,
             staged_sessions: BTreeMap::new(),
             staged_tills: BTreeMap::new(),
+            staged_routed: BTreeMap::new(),
             watermark_ms,
             cfg,
             topics,
@@ -374,10 +377,8 @@ impl Ingest {
         gaps.observe(ev.till_seq);
         self.staged_tills.insert(till_key, gaps);
         let out = self.route(&ev, &raw, rec.timestamp_ms)?;
-        if let Ok(mut routed) = self.stats.routed.lock() {
-            for o in &out {
-                *routed.entry(o.topic.clone()).or_default() += 1;
-            }
+        for o in &out {
+            *self.staged_routed.entry(o.topic.clone()).or_default() += 1;
         }
         Ok(out)
     }
@@ -432,6 +433,15 @@ impl Processor for Ingest {
                 .map_err(state_err)?;
         }
         self.store.flush().await?;
+        let routed = std::mem::take(&mut self.staged_routed);
+        if let Ok(mut total) = self.stats.routed.lock() {
+            for (topic, n) in routed {
+                metrics::ROUTED
+                    .with_label_values(&[topic.as_str()])
+                    .inc_by(n);
+                *total.entry(topic).or_default() += n;
+            }
+        }
         self.stats
             .dedup_index_size
             .store(self.dedup.len() as u64, Ordering::Relaxed);

@@ -9,16 +9,43 @@
 //!
 //! - Routing rules ([`rules`]) decide where the session record goes (by body, store glob, store
 //!   metadata and channel), and quarantine the events of stores that are not live.
+//! - The HTTP destination ([`outbox`], configured by [`HttpConfig`]) sends one request per
+//!   record of a destination topic to the promotion core's API through a durable, rate-limited
+//!   outbox with retries, so consumption goes on while the core is slow or down.
 //!
 //! Output ids are UUIDv5 over the input event id, the fact kind and its index, so a replay
 //! re-sends identical records. The router is pure: what it needs to know about an earlier sale
 //! (its coupons, profile and total) is passed in as a [`SessionInfo`] by the stage that keeps the
 //! session index.
 
+mod http;
+pub mod outbox;
 pub mod rules;
 
+pub use http::{HttpConfig, HttpMethod};
+pub use outbox::{Delivery, DeliveryStats, Drainer, Outbox};
 use prost::Message;
 pub use rules::{Decision, RouterConfig, RuleError, Rules};
+
+/// Errors of the router crate: configuration mistakes (at start-up) and failures of the
+/// outbox's local storage. Neither is helped by retrying; an unreachable promotion core is not
+/// an error here (its requests wait and are retried).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error(transparent)]
+    Core(#[from] tillbridge_core::Error),
+    #[error("outbox state: {0}")]
+    State(String),
+}
+
+impl Error {
+    /// Whether a retry can help (only a broker-side condition can).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Core(e) if e.is_retryable())
+    }
+}
 use serde::{Deserialize, Serialize};
 use tillbridge_core::config::Topics;
 use tillbridge_core::domain::{Body, TillEvent};

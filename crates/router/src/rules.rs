@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use tillbridge_core::config::Topics;
 use tillbridge_core::domain::{BodyKind, Channel, TillEvent};
 
+use crate::http::HttpConfig;
+
 /// The name of the built-in destination `promo.sessions`.
 pub const SESSIONS: &str = "sessions";
 
@@ -41,6 +43,8 @@ pub enum RuleError {
     EmptyTopic(String),
     #[error("router config: {0}")]
     Invalid(String),
+    #[error("router.http: {0}")]
+    Http(String),
 }
 
 /// The `[router]` section.
@@ -55,6 +59,8 @@ pub struct RouterConfig {
     pub rules: Vec<RuleConfig>,
     /// The store table: metadata rules can match on.
     pub stores: Vec<StoreConfig>,
+    /// An HTTP destination toward the promotion core's API (absent: none).
+    pub http: Option<HttpConfig>,
 }
 
 impl Default for RouterConfig {
@@ -67,6 +73,7 @@ impl Default for RouterConfig {
             quarantine: "quarantine".into(),
             rules: Vec::new(),
             stores: Vec::new(),
+            http: None,
         }
     }
 }
@@ -206,6 +213,15 @@ impl Rules {
             };
             rules.push((r.name.clone(), m, r.to.clone()));
         }
+        if let Some(http) = &cfg.http {
+            if !names.contains_key(&http.destination) {
+                return Err(RuleError::Http(format!(
+                    "destination {:?} is unknown; known: {known}",
+                    http.destination
+                )));
+            }
+            http.validate()?;
+        }
         let mut stores = BTreeMap::new();
         for s in &cfg.stores {
             if stores.insert(s.store_id.clone(), s.clone()).is_some() {
@@ -230,6 +246,11 @@ impl Rules {
             quarantine: topics.sessions.clone(),
             sessions: topics.sessions.clone(),
         }
+    }
+
+    /// The topic of destination `name`.
+    pub fn topic_of(&self, name: &str) -> Option<&str> {
+        self.topics.get(name).map(String::as_str)
     }
 
     /// Every topic a rule can send to (for creating topics).

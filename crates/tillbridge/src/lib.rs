@@ -66,6 +66,8 @@ impl Transport {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stages {
     pub ingest: bool,
+    /// The HTTP destination's delivery stage (runs only when `[router.http]` is configured).
+    pub delivery: bool,
     pub reconciler: bool,
     pub fraud_guard: bool,
 }
@@ -73,6 +75,7 @@ pub struct Stages {
 impl Stages {
     pub const ALL: Stages = Stages {
         ingest: true,
+        delivery: true,
         reconciler: true,
         fraud_guard: true,
     };
@@ -82,10 +85,13 @@ impl Stages {
         for n in names {
             match n.trim() {
                 "ingest" | "router" => s.ingest = true,
+                "delivery" => s.delivery = true,
                 "reconciler" => s.reconciler = true,
                 "fraud-guard" | "fraud_guard" => s.fraud_guard = true,
                 "all" => s = Stages::ALL,
-                other => anyhow::bail!("unknown stage {other:?} (ingest, reconciler, fraud-guard)"),
+                other => anyhow::bail!(
+                    "unknown stage {other:?} (ingest, delivery, reconciler, fraud-guard)"
+                ),
             }
         }
         Ok(s)
@@ -172,14 +178,68 @@ pub fn fraud_guard_config(config: &Config) -> anyhow::Result<FraudGuardConfig> {
     Ok(fg)
 }
 
+/// The `[router]` section of `config`, checked strictly.
+pub fn router_config(config: &Config) -> anyhow::Result<tillbridge_router::RouterConfig> {
+    if config.router.is_null() {
+        return Ok(tillbridge_router::RouterConfig::default());
+    }
+    serde_json::from_value(config.router.clone()).context("invalid [router] section")
+}
+
 /// The routing rules of `config`, compiled (every mistake is a start-up error).
 pub fn router_rules(config: &Config) -> anyhow::Result<tillbridge_router::Rules> {
-    let cfg: tillbridge_router::RouterConfig = if config.router.is_null() {
-        tillbridge_router::RouterConfig::default()
-    } else {
-        serde_json::from_value(config.router.clone()).context("invalid [router] section")?
+    Ok(tillbridge_router::Rules::compile(
+        &config.topics,
+        &router_config(config)?,
+    )?)
+}
+
+/// Runs the delivery stage (destination topic into the outbox) and the drainer (outbox to the
+/// promotion core) until shutdown, or with `Until::Idle` until the topic is consumed and the
+/// outbox is empty.
+async fn run_delivery(
+    transport: &Transport,
+    topics: &[String],
+    mut delivery: tillbridge_router::Delivery,
+    drainer: tillbridge_router::Drainer,
+    limits: BatchLimits,
+    until: Until,
+    shutdown: CancellationToken,
+) -> anyhow::Result<StageStats> {
+    // The drainer stops with the stage: on shutdown, or once an idle run has drained.
+    let stop_drain = shutdown.child_token();
+    let outbox = drainer.outbox();
+    let stage = async {
+        let stats = run_stage(
+            "delivery",
+            transport,
+            topics,
+            &mut delivery,
+            limits,
+            until,
+            shutdown.clone(),
+        )
+        .await;
+        if stats.is_ok() && until == Until::Idle {
+            outbox.drained(&shutdown).await;
+        }
+        stop_drain.cancel();
+        stats
     };
-    Ok(tillbridge_router::Rules::compile(&config.topics, &cfg)?)
+    let drain = async {
+        let r = match transport {
+            Transport::Embedded(log) => drainer.run(&log.sink(), stop_drain.clone()).await,
+            Transport::Kafka(k) => drainer.run(&k.sink()?, stop_drain.clone()).await,
+        };
+        if r.is_err() {
+            // The stage must not go on filling an outbox nobody drains.
+            shutdown.cancel();
+        }
+        Ok::<(), anyhow::Error>(r?)
+    };
+    let (stats, drained) = tokio::join!(stage, drain);
+    drained.context("HTTP delivery failed")?;
+    stats
 }
 
 /// Every topic the configuration names, router destinations included.
@@ -203,7 +263,7 @@ pub async fn run(
     until_idle: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunSummary> {
-    if until_idle && stages.ingest && (stages.reconciler || stages.fraud_guard) {
+    if until_idle && stages.ingest && (stages.reconciler || stages.fraud_guard || stages.delivery) {
         // The downstream stages are idle only once ingest has written everything they read.
         let ingest = Stages {
             ingest: true,
@@ -241,6 +301,27 @@ pub async fn run(
             let r = run_stage("ingest", &t, &topics, &mut p, limits, until, stop.clone()).await;
             ("ingest", r)
         });
+    }
+    if stages.delivery {
+        match router_config(config)?.http {
+            Some(http) => {
+                let rules = router_rules(config)?;
+                let topic = rules
+                    .topic_of(&http.destination)
+                    .context("router.http.destination")?
+                    .to_owned();
+                let (p, drainer) =
+                    tillbridge_router::outbox::open(&state, &config.topics.dlq, &http)?;
+                let (t, stop) = (transport.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    let r = run_delivery(&t, &[topic], p, drainer, limits, until, stop).await;
+                    ("delivery", r)
+                });
+            }
+            None => {
+                tracing::info!("no [router.http] configured: the delivery stage is not started")
+            }
+        }
     }
     if stages.reconciler {
         let mut p = Reconciler::open(

@@ -25,10 +25,10 @@ struct Cli {
 enum Command {
     /// Run the pipeline: on Kafka when `[kafka]` is configured, else on the embedded log.
     Run {
-        /// Stages to run, comma separated.
+        /// Stages to run, comma separated (`delivery` runs only when `[router.http]` is set).
         #[arg(
             long,
-            default_value = "ingest,reconciler,fraud-guard",
+            default_value = "ingest,delivery,reconciler,fraud-guard",
             value_delimiter = ','
         )]
         stages: Vec<String>,

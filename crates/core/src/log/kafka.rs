@@ -297,6 +297,13 @@ impl Source for KafkaSource {
         let mut out = Vec::new();
         let first = match tokio::time::timeout(limits.wait, self.consumer.recv()).await {
             Err(_) => return Ok(out),
+            // A stage that paused longer than `max.poll.interval.ms` (backpressure from a full
+            // outbox) left the group; the next poll rejoins it. Nothing was stored past what is
+            // durable, so this is not an error.
+            Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded))) => {
+                tracing::warn!(group = %self.group, "paused past max.poll.interval.ms; rejoining");
+                return Ok(out);
+            }
             Ok(Err(e)) => return Err(kafka_err(e)),
             Ok(Ok(m)) => Self::owned(&m),
         };
