@@ -263,6 +263,15 @@ async fn every_session_event_reaches_a_flaky_core_once_in_order_within_the_rate(
     run.await.unwrap().unwrap();
     check_core(&core, &events);
     check_dlq(&broker, &config.topics.dlq, &events);
+    // While the core was down its port refused connections, and those requests were retried.
+    let refused = tillbridge_core::metrics::HTTP_RESPONSES
+        .with_label_values(&["sessions", "connect"])
+        .get();
+    let retried = tillbridge_core::metrics::HTTP_RETRIES
+        .with_label_values(&["sessions", "connect"])
+        .get();
+    println!("{refused} connections refused during the outage, {retried} retried");
+    assert!(refused > 0 && retried == refused);
 }
 
 fn child_config(config: &Config, broker: &str, http: &HttpConfig, path: &std::path::Path) {
