@@ -46,6 +46,8 @@ pub struct Topics {
     pub coupons: String,
     /// Loyalty balance snapshots from the promotion core (compacted), keyed by profile id.
     pub loyalty_balances: String,
+    /// The store table (compacted), keyed by store id: metadata routing rules match on.
+    pub stores: String,
     /// Accepted till events toward the promotion core, keyed by session id.
     pub sessions: String,
     /// Coupon redemption facts, keyed by coupon code.
@@ -66,6 +68,7 @@ impl Default for Topics {
             till_events: "till.events".into(),
             coupons: "promo.coupons".into(),
             loyalty_balances: "promo.loyalty.balances".into(),
+            stores: "promo.stores".into(),
             sessions: "promo.sessions".into(),
             redemptions: "tillbridge.redemptions".into(),
             loyalty: "tillbridge.loyalty".into(),
@@ -83,6 +86,7 @@ impl Topics {
             &self.till_events,
             &self.coupons,
             &self.loyalty_balances,
+            &self.stores,
             &self.sessions,
             &self.redemptions,
             &self.loyalty,

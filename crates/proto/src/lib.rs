@@ -122,9 +122,17 @@ pub fn decode_till_event(
     payload: &[u8],
     content_type: Option<&[u8]>,
 ) -> Result<pb::TillEvent, Rejection> {
+    decode_message(payload, content_type)
+}
+
+/// Decodes any contract message from protobuf or JSON (see [`detect_encoding`]).
+pub fn decode_message<M: Message + Default + ReflectMessageName>(
+    payload: &[u8],
+    content_type: Option<&[u8]>,
+) -> Result<M, Rejection> {
     match detect_encoding(payload, content_type) {
-        Encoding::Json => from_json("tillbridge.v1.TillEvent", payload),
-        Encoding::Protobuf => pb::TillEvent::decode(payload).map_err(|e| {
+        Encoding::Json => from_json(M::FULL_NAME, payload),
+        Encoding::Protobuf => M::decode(payload).map_err(|e| {
             Rejection::new(RejectReason::DecodeError, format!("invalid protobuf: {e}"))
         }),
     }
@@ -169,7 +177,8 @@ names!(
     LoyaltyFact,
     CompensatingAction,
     FraudAlert,
-    DeadLetter
+    DeadLetter,
+    Store
 );
 
 /// The content fingerprint used for deduplication: SHA-256 of the canonical protobuf encoding,

@@ -23,9 +23,9 @@ pub mod outbox;
 pub mod rules;
 
 pub use http::{HttpConfig, HttpMethod};
-pub use outbox::{Delivery, DeliveryStats, Drainer, Outbox};
+pub use outbox::{dead_letter, Delivery, DeliveryStats, Drainer, Outbox};
 use prost::Message;
-pub use rules::{Decision, RouterConfig, RuleError, Rules};
+pub use rules::{Decision, RouterConfig, RuleError, Rules, StoreTable};
 
 /// Errors of the router crate: configuration mistakes (at start-up) and failures of the
 /// outbox's local storage. Neither is helped by retrying; an unreachable promotion core is not

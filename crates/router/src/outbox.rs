@@ -246,10 +246,11 @@ impl Outbox {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut seq = self.queue().next_seq;
+        // Only the delivery stage appends, one batch at a time, so the sequence is its own.
+        let first = self.queue().next_seq;
         let mut batch = sled::Batch::default();
         let mut metas = Vec::with_capacity(entries.len());
-        for e in &entries {
+        for (seq, e) in (first..).zip(entries.iter()) {
             let bytes = serde_json::to_vec(e).map_err(state_err)?;
             batch.insert(entry_key(seq), bytes.as_slice());
             batch.insert(id_key(&e.id), &seq.to_be_bytes());
@@ -261,7 +262,6 @@ impl Outbox {
                     enqueued_ms: e.enqueued_ms,
                 },
             ));
-            seq += 1;
         }
         self.tree.apply_batch(batch).map_err(state_err)?;
         self.store.flush().await?;
@@ -430,7 +430,7 @@ impl Outbox {
             (q.entries.len(), q.bytes, oldest)
         };
         let age = oldest.map_or(0, |t| {
-            ((chrono::Utc::now().timestamp_millis() - t).max(0) / 1000) as i64
+            (chrono::Utc::now().timestamp_millis() - t).max(0) / 1000
         });
         metrics::OUTBOX_ENTRIES
             .with_label_values(&[&self.label])
@@ -509,30 +509,32 @@ impl Delivery {
     pub fn outbox(&self) -> Arc<Outbox> {
         self.outbox.clone()
     }
+}
 
-    fn dead_letter(&self, rec: &Record, reason: &str, detail: String) -> OutRecord {
-        metrics::DEAD_LETTERS.with_label_values(&[reason]).inc();
-        let source = format!("{}/{}/{}", rec.topic, rec.partition, rec.offset);
-        let dl = pb::DeadLetter {
-            id: ids::derive(&source, "dead_letter", 0).to_string(),
-            reason: reason.to_owned(),
-            detail,
-            source_topic: rec.topic.clone(),
-            source_partition: rec.partition,
-            source_offset: rec.offset,
-            original: pan::redact(rec.payload.as_deref().unwrap_or_default()),
-            event_id: None,
-            rejected_at: Some(now_ts()),
-        };
-        OutRecord::new(
-            &self.dlq,
-            pan::redact(rec.key.as_deref().unwrap_or_default()),
-            dl.encode_to_vec(),
-        )
-        .with_header("content-type", crate::CONTENT_TYPE_PROTOBUF)
-        .with_header("tillbridge-reason", reason)
-        .with_timestamp(rec.timestamp_ms)
-    }
+/// The dead letter of a record read by the router (a store row, a destination record) that
+/// breaks the contract: its original bytes and key redacted of card numbers, its id derived from
+/// the record's position.
+pub fn dead_letter(rec: &Record, dlq: &str, reason: &str, detail: &str) -> OutRecord {
+    let source = format!("{}/{}/{}", rec.topic, rec.partition, rec.offset);
+    let dl = pb::DeadLetter {
+        id: ids::derive(&source, "dead_letter", 0).to_string(),
+        reason: reason.to_owned(),
+        detail: detail.to_owned(),
+        source_topic: rec.topic.clone(),
+        source_partition: rec.partition,
+        source_offset: rec.offset,
+        original: pan::redact(rec.payload.as_deref().unwrap_or_default()),
+        event_id: None,
+        rejected_at: Some(now_ts()),
+    };
+    OutRecord::new(
+        dlq,
+        pan::redact(rec.key.as_deref().unwrap_or_default()),
+        dl.encode_to_vec(),
+    )
+    .with_header("content-type", crate::CONTENT_TYPE_PROTOBUF)
+    .with_header("tillbridge-reason", reason)
+    .with_timestamp(rec.timestamp_ms)
 }
 
 fn now_ts() -> prost_types::Timestamp {
@@ -561,11 +563,22 @@ impl Processor for Delivery {
             {
                 Ok(raw) if !raw.event_id.is_empty() => raw,
                 Ok(_) => {
-                    out.push(self.dead_letter(rec, "MISSING_FIELD", "event_id: required".into()));
+                    metrics::DEAD_LETTERS
+                        .with_label_values(&["MISSING_FIELD"])
+                        .inc();
+                    out.push(dead_letter(
+                        rec,
+                        &self.dlq,
+                        "MISSING_FIELD",
+                        "event_id: required",
+                    ));
                     continue;
                 }
                 Err(r) => {
-                    out.push(self.dead_letter(rec, r.reason.code(), r.detail));
+                    metrics::DEAD_LETTERS
+                        .with_label_values(&[r.reason.code()])
+                        .inc();
+                    out.push(dead_letter(rec, &self.dlq, r.reason.code(), &r.detail));
                     continue;
                 }
             };

@@ -7,11 +7,14 @@
 //! the rules (an unknown destination, a bad glob, a store listed twice) is a start-up error.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use tillbridge_core::config::Topics;
-use tillbridge_core::domain::{BodyKind, Channel, TillEvent};
+use tillbridge_core::domain::{BodyKind, Channel, RejectReason, TillEvent};
+use tillbridge_core::log::Record;
+use tillbridge_proto::{pb, Rejection};
 
 use crate::http::HttpConfig;
 
@@ -127,11 +130,98 @@ fn live() -> bool {
     true
 }
 
+/// The store table read from the compacted stores topic (`promo.stores`), shared between the
+/// task that follows the topic and routing. A row from the topic takes precedence over a row
+/// of `router.stores` for the same store; a tombstone removes the topic's row.
+#[derive(Clone, Debug, Default)]
+pub struct StoreTable(Arc<RwLock<BTreeMap<String, StoreConfig>>>);
+
+impl StoreTable {
+    pub fn new() -> Self {
+        StoreTable::default()
+    }
+
+    /// Applies one record of the stores topic: a `Store` (protobuf or JSON) keyed by store id,
+    /// or a tombstone. A row that breaks the contract is refused with a typed rejection and
+    /// changes nothing.
+    pub fn apply(&self, record: &Record) -> Result<(), Rejection> {
+        let key = record
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .filter(|k| !k.is_empty());
+        let Some(payload) = record.payload.as_deref() else {
+            let key = key.ok_or_else(|| {
+                Rejection::new(RejectReason::MissingField, "a tombstone needs a key")
+            })?;
+            self.write().remove(&key);
+            return Ok(());
+        };
+        let row: pb::Store =
+            tillbridge_proto::decode_message(payload, record.header("content-type"))?;
+        if row.store_id.trim().is_empty() {
+            return Err(Rejection::new(
+                RejectReason::MissingField,
+                "store_id: required",
+            ));
+        }
+        if key.as_ref().is_some_and(|k| *k != row.store_id) {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                "store_id: differs from the record key",
+            ));
+        }
+        let opening_date = match row.opening_date.trim() {
+            "" => None,
+            d => Some(NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| {
+                Rejection::new(
+                    RejectReason::InvalidField,
+                    "opening_date: not a date (YYYY-MM-DD)",
+                )
+            })?),
+        };
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        let store = StoreConfig {
+            store_id: row.store_id.clone(),
+            region: opt(row.region),
+            channel_type: opt(row.channel_type),
+            is_live: row.is_live.unwrap_or(true),
+            opening_date,
+        };
+        self.write().insert(row.store_id, store);
+        Ok(())
+    }
+
+    /// The topic's row of `store_id`.
+    pub fn get(&self, store_id: &str) -> Option<StoreConfig> {
+        self.read().get(store_id).cloned()
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    // The lock is never held across an await or a panic point that could poison it halfway.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, StoreConfig>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, StoreConfig>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Compiled rules.
 #[derive(Clone, Debug)]
 pub struct Rules {
     rules: Vec<(String, Matcher, Vec<String>)>,
     stores: BTreeMap<String, StoreConfig>,
+    table: Option<StoreTable>,
     topics: BTreeMap<String, String>,
     quarantine: String,
     sessions: String,
@@ -231,6 +321,7 @@ impl Rules {
         Ok(Rules {
             rules,
             stores,
+            table: None,
             quarantine: names[&cfg.quarantine].clone(),
             sessions: topics.sessions.clone(),
             topics: names,
@@ -242,6 +333,7 @@ impl Rules {
         Rules {
             rules: Vec::new(),
             stores: BTreeMap::new(),
+            table: None,
             topics: BTreeMap::from([(SESSIONS.to_owned(), topics.sessions.clone())]),
             quarantine: topics.sessions.clone(),
             sessions: topics.sessions.clone(),
@@ -258,9 +350,18 @@ impl Rules {
         self.topics.values().cloned().collect()
     }
 
+    /// Also match on the rows of the stores topic (they take precedence over `router.stores`).
+    pub fn with_store_table(mut self, table: StoreTable) -> Self {
+        self.table = Some(table);
+        self
+    }
+
     /// Where `ev`'s session record goes.
     pub fn decide(&self, ev: &TillEvent) -> Decision {
-        let store = self.stores.get(&ev.store_id);
+        let from_topic = self.table.as_ref().and_then(|t| t.get(&ev.store_id));
+        let store = from_topic
+            .as_ref()
+            .or_else(|| self.stores.get(&ev.store_id));
         if store.is_some_and(|s| !s.is_live) {
             return Decision {
                 topics: vec![self.quarantine.clone()],

@@ -6,8 +6,9 @@
 use prost::Message;
 use tillbridge_core::config::Topics;
 use tillbridge_core::domain::{Channel, TillEvent};
+use tillbridge_core::log::Record;
 use tillbridge_proto::pb;
-use tillbridge_router::{Router, RouterConfig, RuleError, Rules};
+use tillbridge_router::{Router, RouterConfig, RuleError, Rules, StoreTable};
 
 fn config(json: serde_json::Value) -> RouterConfig {
     serde_json::from_value(json).unwrap()
@@ -185,4 +186,121 @@ fn every_kind_of_bad_rule_is_a_start_up_error() {
         serde_json::json!({ "rules": [{ "name": "x", "match": { "body": ["refund"] }, "to": ["sessions"] }] })
     )
     .is_err());
+}
+
+fn store_record(key: Option<&str>, payload: Option<Vec<u8>>, json: bool) -> Record {
+    Record {
+        topic: "promo.stores".into(),
+        partition: 0,
+        offset: 0,
+        key: key.map(|k| k.as_bytes().to_vec()),
+        payload,
+        headers: if json {
+            vec![("content-type".into(), b"application/json".to_vec())]
+        } else {
+            Vec::new()
+        },
+        timestamp_ms: None,
+    }
+}
+
+#[test]
+fn the_store_table_topic_overrides_config_rows_and_follows_updates() {
+    let table = StoreTable::new();
+    let r = rules().with_store_table(table.clone());
+    // Config says N1 is a live northern mall store.
+    assert_eq!(
+        topics(&r, "N1", "sale", Channel::InStore),
+        vec!["north.sessions", "promo.sessions"]
+    );
+    // The topic (JSON, as another team's client writes it) moves N1 south and takes TEST-1 live.
+    let n1 =
+        br#"{"storeId":"N1","region":"south","channelType":"mall","openingDate":"2021-03-01"}"#;
+    table
+        .apply(&store_record(Some("N1"), Some(n1.to_vec()), true))
+        .unwrap();
+    let t1 = pb::Store {
+        store_id: "TEST-1".into(),
+        is_live: Some(true),
+        ..Default::default()
+    };
+    table
+        .apply(&store_record(
+            Some("TEST-1"),
+            Some(t1.encode_to_vec()),
+            false,
+        ))
+        .unwrap();
+    assert_eq!(
+        topics(&r, "N1", "sale", Channel::InStore),
+        vec!["promo.sessions"]
+    );
+    assert_eq!(
+        topics(&r, "TEST-1", "sale", Channel::InStore),
+        vec!["promo.sessions"]
+    );
+    // A protobuf row without is_live is live; with is_live = false its store is quarantined.
+    let s9 = pb::Store {
+        store_id: "S9".into(),
+        is_live: Some(false),
+        ..Default::default()
+    };
+    table
+        .apply(&store_record(Some("S9"), Some(s9.encode_to_vec()), false))
+        .unwrap();
+    assert_eq!(topics(&r, "S9", "sale", Channel::InStore), vec!["q.topic"]);
+    // A tombstone removes the topic's row: the config row counts again.
+    table.apply(&store_record(Some("N1"), None, false)).unwrap();
+    assert_eq!(
+        topics(&r, "N1", "sale", Channel::InStore),
+        vec!["north.sessions", "promo.sessions"]
+    );
+    assert_eq!(table.len(), 2);
+}
+
+#[test]
+fn bad_store_rows_are_refused_with_a_reason_and_change_nothing() {
+    use tillbridge_core::domain::RejectReason;
+    let table = StoreTable::new();
+    type Case<'a> = (Option<&'a str>, Option<Vec<u8>>, bool, RejectReason);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            Some("S1"),
+            Some(b"{\"storeId\":".to_vec()),
+            true,
+            RejectReason::DecodeError,
+        ),
+        (
+            Some("S1"),
+            Some(br#"{"storeId":"S1","regoin":"north"}"#.to_vec()),
+            true,
+            RejectReason::DecodeError,
+        ),
+        (
+            Some("S1"),
+            Some(br#"{"region":"north"}"#.to_vec()),
+            true,
+            RejectReason::MissingField,
+        ),
+        (
+            Some("S2"),
+            Some(br#"{"storeId":"S1"}"#.to_vec()),
+            true,
+            RejectReason::InvalidField,
+        ),
+        (
+            Some("S1"),
+            Some(br#"{"storeId":"S1","openingDate":"01/03/2021"}"#.to_vec()),
+            true,
+            RejectReason::InvalidField,
+        ),
+        (None, None, false, RejectReason::MissingField),
+    ];
+    for (key, payload, json, reason) in cases {
+        let err = table
+            .apply(&store_record(key, payload.clone(), json))
+            .unwrap_err();
+        assert_eq!(err.reason, reason, "{payload:?}");
+    }
+    assert!(table.is_empty());
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tillbridge_core::config::Config;
-use tillbridge_core::log::{BatchLimits, EmbeddedLog, KafkaLog, OutRecord, Sink};
+use tillbridge_core::log::{BatchLimits, EmbeddedLog, KafkaLog, OutRecord, Record, Sink, Source};
 use tillbridge_core::stage::{self, Processor, StageStats, Until};
 use tillbridge_fraud_guard::{FraudGuard, FraudGuardConfig};
 use tillbridge_ingest::Ingest;
@@ -194,6 +194,118 @@ pub fn router_rules(config: &Config) -> anyhow::Result<tillbridge_router::Rules>
     )?)
 }
 
+/// Reads the stores topic into `table` up to its end, then follows it in a task until `stop`.
+/// A row that breaks the contract is dead-lettered and changes nothing.
+async fn follow_store_table(
+    transport: &Transport,
+    topics: &tillbridge_core::config::Topics,
+    table: tillbridge_router::StoreTable,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let topic = topics.stores.as_str();
+    let dlq = topics.dlq.clone();
+    match transport {
+        Transport::Embedded(log) => {
+            let source = log.source_from("router.stores", &[topic], true)?;
+            table_loop(source, table, transport.clone(), dlq, stop, |s, _| {
+                s.lag() == Some(0)
+            })
+            .await
+        }
+        Transport::Kafka(k) => {
+            let (source, ends) = k.table_source(topic)?;
+            let mut seen: std::collections::BTreeMap<i32, i64> = Default::default();
+            table_loop(
+                source,
+                table,
+                transport.clone(),
+                dlq,
+                stop,
+                move |_, batch| {
+                    for r in batch {
+                        seen.insert(r.partition, r.offset + 1);
+                    }
+                    ends.iter()
+                        .all(|(p, high)| seen.get(p).copied().unwrap_or(0) >= *high)
+                },
+            )
+            .await
+        }
+    }
+}
+
+async fn table_loop<S: Source + 'static>(
+    mut source: S,
+    table: tillbridge_router::StoreTable,
+    transport: Transport,
+    dlq: String,
+    stop: CancellationToken,
+    mut caught_up: impl FnMut(&S, &[Record]) -> bool + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let limits = BatchLimits {
+        max_records: 1000,
+        max_bytes: 1 << 20,
+        wait: POLL_WAIT,
+    };
+    async fn apply(
+        table: &tillbridge_router::StoreTable,
+        batch: &[Record],
+        transport: &Transport,
+        dlq: &str,
+    ) {
+        let mut dead = Vec::new();
+        for r in batch {
+            if let Err(rej) = table.apply(r) {
+                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
+                    reason = rej.reason.code(), detail = %rej.detail, "store row refused");
+                tillbridge_core::metrics::DEAD_LETTERS
+                    .with_label_values(&[rej.reason.code()])
+                    .inc();
+                dead.push(tillbridge_router::dead_letter(
+                    r,
+                    dlq,
+                    rej.reason.code(),
+                    &rej.detail,
+                ));
+            }
+        }
+        if !dead.is_empty() {
+            if let Err(e) = transport.append(dead).await {
+                tracing::warn!(error = %e, "dead letters of store rows not written");
+            }
+        }
+    }
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let batch = source.next_batch(limits).await?;
+        apply(&table, &batch, &transport, &dlq).await;
+        if caught_up(&source, &batch) {
+            break;
+        }
+    }
+    tracing::info!(stores = table.len(), "store table loaded");
+    Ok(tokio::spawn(async move {
+        loop {
+            let batch = tokio::select! {
+                _ = stop.cancelled() => break,
+                b = source.next_batch(limits) => b,
+            };
+            match batch {
+                Ok(batch) => apply(&table, &batch, &transport, &dlq).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the stores topic failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(POLL_WAIT) => {}
+                    }
+                }
+            }
+        }
+    }))
+}
+
 /// Runs the delivery stage (destination topic into the outbox) and the drainer (outbox to the
 /// promotion core) until shutdown, or with `Until::Idle` until the topic is consumed and the
 /// outbox is empty.
@@ -287,9 +399,24 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let state = config.state.dir.clone();
     std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    // The store table follows its topic while ingest runs; it has caught up before ingest starts.
+    let follow_stop = shutdown.child_token();
+    let mut follower = None;
     if stages.ingest {
-        let router =
-            tillbridge_router::Router::with_rules(config.topics.clone(), router_rules(config)?);
+        let table = tillbridge_router::StoreTable::new();
+        follower = Some(
+            follow_store_table(
+                transport,
+                &config.topics,
+                table.clone(),
+                follow_stop.clone(),
+            )
+            .await?,
+        );
+        let router = tillbridge_router::Router::with_rules(
+            config.topics.clone(),
+            router_rules(config)?.with_store_table(table),
+        );
         let mut p =
             Ingest::open(&state, config.topics.clone(), config.ingest.clone())?.with_router(router);
         let (t, topics, stop) = (
@@ -369,6 +496,10 @@ pub async fn run(
                 first_err.get_or_insert(e.context(format!("stage {name} failed")));
             }
         }
+    }
+    follow_stop.cancel();
+    if let Some(f) = follower {
+        let _ = f.await;
     }
     summary.stages.sort_by_key(|(n, _)| *n);
     match first_err {

@@ -91,6 +91,51 @@ impl KafkaLog {
         Ok(KafkaSource { consumer, group })
     }
 
+    /// A reader of every partition of `topic` from its beginning, outside any consumer group (each
+    /// process reads a whole table topic such as the store table), with the partitions' high
+    /// watermarks at start, so the caller can tell when it has caught up.
+    pub fn table_source(&self, topic: &str) -> Result<(KafkaSource, BTreeMap<i32, i64>)> {
+        // A group id is required by the client; this one never joins (assign, no commits).
+        let group = format!(
+            "{}.table.{}",
+            self.config.group_prefix,
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut c = self.base();
+        c.set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "fetch.wait.max.ms",
+                self.config.fetch_wait_max_ms.to_string(),
+            );
+        self.apply_properties(&mut c);
+        let consumer: StreamConsumer<CommitBeforeRevoke> = c
+            .create_with_context(CommitBeforeRevoke {
+                group: group.clone(),
+            })
+            .map_err(kafka_err)?;
+        let timeout = Duration::from_secs(10);
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(kafka_err)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p.id(), timeout)
+                    .map_err(kafka_err)?;
+                ends.insert(p.id(), high);
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .map_err(kafka_err)?;
+            }
+        }
+        consumer.assign(&tpl).map_err(kafka_err)?;
+        Ok((KafkaSource { consumer, group }, ends))
+    }
+
     /// An idempotent producer.
     pub fn sink(&self) -> Result<KafkaSink> {
         let mut c = self.base();

@@ -40,6 +40,7 @@ pub async fn config(broker: &str, state: &std::path::Path) -> Config {
         till_events: rename(&t.till_events),
         coupons: rename(&t.coupons),
         loyalty_balances: rename(&t.loyalty_balances),
+        stores: rename(&t.stores),
         sessions: rename(&t.sessions),
         redemptions: rename(&t.redemptions),
         loyalty: rename(&t.loyalty),
