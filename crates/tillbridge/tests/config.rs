@@ -53,3 +53,44 @@ fn typos_in_any_section_are_start_up_errors() {
         assert!(failed, "{to} was accepted");
     }
 }
+
+#[test]
+fn the_example_http_destination_uncommented_loads_with_its_documented_defaults() {
+    let text = std::fs::read_to_string(example()).unwrap();
+    let start = text.find("# [router.http]").unwrap();
+    let block: String = text[start..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, format!("{}\n{block}\n", &text[..start])).unwrap();
+    let config = Config::load(Some(&f)).unwrap();
+    tillbridge::router_rules(&config).unwrap();
+    let http = tillbridge::router_config(&config).unwrap().http.unwrap();
+    let mut want = tillbridge_router::HttpConfig::new(
+        "https://core.example.com/v2/customer_sessions/{session_id}",
+    );
+    want.headers
+        .insert("Authorization".into(), "ApiKey-v1 change-me".into());
+    assert_eq!(http, want, "the example shows the defaults");
+    // Mistakes in it are start-up errors.
+    for (from, to) in [
+        ("burst = 10", "burts = 10"),
+        ("{session_id}", "{session}"),
+        ("destination = \"sessions\"", "destination = \"nowhere\""),
+        ("timeout = \"10s\"", "timeout = \"later\""),
+    ] {
+        std::fs::write(
+            &f,
+            format!("{}\n{}\n", &text[..start], block.replacen(from, to, 1)),
+        )
+        .unwrap();
+        let failed = match Config::load(Some(&f)) {
+            Err(_) => true,
+            Ok(c) => tillbridge::router_rules(&c).is_err(),
+        };
+        assert!(failed, "{to} was accepted");
+    }
+}
