@@ -525,7 +525,7 @@ pub fn dead_letter(rec: &Record, dlq: &str, reason: &str, detail: &str) -> OutRe
         source_offset: rec.offset,
         original: pan::redact(rec.payload.as_deref().unwrap_or_default()),
         event_id: None,
-        rejected_at: Some(now_ts()),
+        rejected_at: Some(crate::ts(chrono::Utc::now())),
     };
     OutRecord::new(
         dlq,
@@ -535,14 +535,6 @@ pub fn dead_letter(rec: &Record, dlq: &str, reason: &str, detail: &str) -> OutRe
     .with_header("content-type", crate::CONTENT_TYPE_PROTOBUF)
     .with_header("tillbridge-reason", reason)
     .with_timestamp(rec.timestamp_ms)
-}
-
-fn now_ts() -> prost_types::Timestamp {
-    let now = chrono::Utc::now();
-    prost_types::Timestamp {
-        seconds: now.timestamp(),
-        nanos: now.timestamp_subsec_nanos() as i32,
-    }
 }
 
 impl Processor for Delivery {
@@ -790,7 +782,7 @@ impl Drainer {
             source_offset: e.source_offset,
             original: pan::redact(e.body.as_bytes()),
             event_id: Some(e.event_id.clone()),
-            rejected_at: Some(now_ts()),
+            rejected_at: Some(crate::ts(chrono::Utc::now())),
         };
         OutRecord::new(&self.dlq, e.session.as_bytes(), dl.encode_to_vec())
             .with_header("content-type", crate::CONTENT_TYPE_PROTOBUF)
