@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite against a real Kafka-protocol broker (tansu) on 127.0.0.1, installed and
-# started here and stopped at the end. Extra arguments go to `cargo test`.
+# The whole test suite against Apache Kafka (a single KRaft node, jars from Maven Central) on
+# 127.0.0.1, installed and started here and stopped at the end. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=target/test-broker
@@ -15,7 +15,10 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 trap 'scripts/test-broker.sh stop "$dir"' EXIT
+# A broker left over from an interrupted run is stopped; every run starts from an empty log.
+scripts/test-broker.sh stop "$dir"
+rm -rf "$dir"
 addr=$(scripts/test-broker.sh start "$dir")
 export TILLBRIDGE_TEST_KAFKA="$addr"
-echo "broker: tansu on $addr (log: $dir/broker.log)"
+echo "broker: Apache Kafka $(scripts/test-broker.sh version) (KRaft) on $addr (log: $dir/broker.log)"
 cargo test --workspace "$@"

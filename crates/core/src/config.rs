@@ -111,8 +111,8 @@ pub struct KafkaConfig {
     /// each instance its own stable id; leave unset for dynamic membership.
     #[serde(default)]
     pub instance_id: Option<String>,
-    /// `fetch.wait.max.ms`: how long a fetch may wait for data. Some brokers (tansu 0.6.0) hold
-    /// every fetch this long, so a small value matters for throughput.
+    /// `fetch.wait.max.ms`: how long the broker may hold a fetch while no data is there. Kafka
+    /// answers as soon as data arrives, so this bounds idle round trips, not latency.
     #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u32,
     /// `queued.max.messages.kbytes`: the consumer's prefetch budget per partition, bounding memory.

@@ -232,8 +232,8 @@ impl Default for ReturnAfterRedemptionConfig {
 pub struct SequenceGapConfig {
     /// Whether the rule runs.
     pub enabled: bool,
-    /// Alert when a missing `till_seq` is still missing this long (in the till's event time)
-    /// after the event that revealed it.
+    /// Alert when a missing `till_seq` is still missing this long after the till synced the
+    /// event that revealed it (record time on `till.events`).
     #[serde(with = "humantime_serde")]
     pub open_for: Duration,
     /// Most missing sequence numbers remembered per till; a larger jump is counted as this many.

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::alert::{self, capped_ids, excess_pct, fmt_dur, fmt_ms, CodeMasker, Rule, Trigger};
 use crate::config::FraudGuardConfig;
+use crate::gaps::{self, GapState};
 
 /// Most returns remembered per session while waiting for their sale to arrive.
 const MAX_PENDING_RETURNS_PER_SESSION: usize = 16;
@@ -46,18 +47,6 @@ pub(crate) struct OverrideHit {
     store: String,
 }
 
-/// A `till_seq` not seen yet.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Missing {
-    /// Event time of the event that revealed the gap.
-    detected_ms: i64,
-    /// Record time of that event, when it had one.
-    #[serde(default)]
-    detected_record_ms: Option<i64>,
-    /// That event.
-    revealed_by: Uuid,
-}
-
 /// Discount value given offline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct OfflineHit {
@@ -79,8 +68,6 @@ pub(crate) struct Carried {
 pub(crate) struct TillState {
     /// The till's newest event time.
     last_ms: i64,
-    highest_seq: u64,
-    missing: BTreeMap<u64, Missing>,
     /// Event times at which the till was known online (sorted).
     syncs: Vec<i64>,
     /// Offline discounts (sorted by time).
@@ -90,7 +77,7 @@ pub(crate) struct TillState {
 
 impl TillState {
     fn entries(&self) -> usize {
-        1 + self.missing.len() + self.syncs.len() + self.offline.len()
+        1 + self.syncs.len() + self.offline.len()
     }
 
     /// The till's offline value at event time `t`: what it gave offline after its last sync at
@@ -166,14 +153,8 @@ pub(crate) struct State {
     returns: BTreeMap<String, Vec<ReturnEntry>>,
     /// Window starts of the alerts emitted, per `RULE|subject`, for the cool-down.
     alerted: BTreeMap<String, Vec<i64>>,
-    /// Newest record time read, per input partition. Their minimum is how far every partition
-    /// has been read: a till's events are spread over partitions, so a gap is judged only once
-    /// every partition has been read past the time it must stay open.
-    #[serde(default)]
-    pub partition_record_ms: BTreeMap<i32, i64>,
-    /// How many input partitions there are (0 = unknown): until each was read, no gap is due.
-    #[serde(default)]
-    pub input_partitions: usize,
+    /// SEQUENCE_GAP's own state, kept on `till.events` (see `gaps`).
+    gaps: GapState,
 }
 
 impl State {
@@ -187,6 +168,7 @@ impl State {
             + self.sales.len()
             + self.returns.values().map(|v| 1 + v.len()).sum::<usize>()
             + self.alerted.values().map(|v| 1 + v.len()).sum::<usize>()
+            + self.gaps.entries()
     }
 }
 
@@ -295,10 +277,7 @@ impl Engine {
         if self.cfg.clock_drift.enabled {
             triggers.extend(self.clock_drift(ev, ms, record_ts));
         }
-        self.track_till(ev, ms, record_ts);
-        if self.cfg.sequence_gap.enabled {
-            triggers.extend(self.sequence_gap(ev, ms));
-        }
+        self.track_till(ev, ms);
         match &ev.body {
             Body::Sale(sale) => {
                 if self.cfg.coupon_velocity.enabled {
@@ -374,6 +353,30 @@ impl Engine {
             return None;
         }
         starts.push(t.window_start_ms);
+        let late = watermark_before.is_some_and(|w| w > t.window_end_ms);
+        Some(self.alert(t, late))
+    }
+
+    /// Applies one `till.events` record, in its partition's offset order, to SEQUENCE_GAP, and
+    /// returns the gap alerts it makes due. They are judged on the till's own partition, so
+    /// their cool-down is too, and they are never `late`.
+    pub(crate) fn apply_till_record(
+        &mut self,
+        rec: &tillbridge_core::log::Record,
+    ) -> Vec<pb::FraudAlert> {
+        if !self.cfg.sequence_gap.enabled {
+            return Vec::new();
+        }
+        let cooldown = ms_of(self.cfg.alert_cooldown);
+        let (triggers, merged) =
+            gaps::apply(&mut self.state.gaps, &self.cfg.sequence_gap, cooldown, rec);
+        self.counts.merged[Rule::SequenceGap.index()] += merged;
+        triggers.into_iter().map(|t| self.alert(t, false)).collect()
+    }
+
+    /// The alert of a trigger that passed the cool-down, scored, with its deterministic id.
+    fn alert(&mut self, t: Trigger, late: bool) -> pb::FraudAlert {
+        let cooldown = ms_of(self.cfg.alert_cooldown);
         self.counts.emitted[t.rule.index()] += 1;
         let weight = match t.rule {
             Rule::CouponVelocity => self.cfg.coupon_velocity.weight,
@@ -388,8 +391,7 @@ impl Engine {
         if extra > 0 {
             evidence.push_str(&format!(" (+{extra} more events)"));
         }
-        let late = watermark_before.is_some_and(|w| w > t.window_end_ms);
-        Some(pb::FraudAlert {
+        pb::FraudAlert {
             id: alert::alert_id(t.rule, &t.subject, t.window_start_ms, cooldown).to_string(),
             rule: t.rule.pb() as i32,
             store_id: t.store_id,
@@ -400,7 +402,7 @@ impl Engine {
             window_start: Some(alert::timestamp(t.window_start_ms)),
             window_end: Some(alert::timestamp(t.window_end_ms)),
             late,
-        })
+        }
     }
 
     fn clock_drift(&self, ev: &TillEvent, ms: i64, record_ts: Option<i64>) -> Option<Trigger> {
@@ -432,32 +434,10 @@ impl Engine {
         })
     }
 
-    /// Updates the till's clock, sequence numbers and online marks.
-    fn track_till(&mut self, ev: &TillEvent, ms: i64, record_ts: Option<i64>) {
-        let cap = self.cfg.sequence_gap.max_missing_per_till as usize;
+    /// Updates the till's clock and online marks.
+    fn track_till(&mut self, ev: &TillEvent, ms: i64) {
         let till = self.state.tills.entry(ev.till_key()).or_default();
         till.last_ms = till.last_ms.max(ms);
-        let seq = ev.till_seq;
-        if till.highest_seq == 0 {
-            till.highest_seq = seq;
-        } else if seq > till.highest_seq {
-            for s in till.highest_seq + 1..seq {
-                if till.missing.len() >= cap {
-                    break;
-                }
-                till.missing.insert(
-                    s,
-                    Missing {
-                        detected_ms: ms,
-                        detected_record_ms: record_ts,
-                        revealed_by: ev.event_id,
-                    },
-                );
-            }
-            till.highest_seq = seq;
-        } else {
-            till.missing.remove(&seq);
-        }
         // A till_status says itself whether the till is online; any other event made online
         // shows the till could reach the core at that time.
         let online = match &ev.body {
@@ -468,76 +448,6 @@ impl Engine {
             insert_sorted(&mut till.syncs, ms, |s| *s);
             till.syncs.dedup();
         }
-    }
-
-    /// Gaps of the event's till still open `open_for` after they were revealed, in the till's
-    /// own event time.
-    fn sequence_gap(&mut self, ev: &TillEvent, _ms: i64) -> Option<Trigger> {
-        let key = ev.till_key();
-        let till = self.state.tills.get(&key)?;
-        self.due_gaps(&key, till.last_ms, &ev.store_id)
-    }
-
-    /// Removes and reports the gaps of `key` due at event time `now`.
-    fn due_gaps(&mut self, key: &str, now: i64, store: &str) -> Option<Trigger> {
-        let open_for = ms_of(self.cfg.sequence_gap.open_for);
-        let all_read = self.state.partition_record_ms.len() >= self.state.input_partitions;
-        let read_up_to = if all_read {
-            self.state.partition_record_ms.values().min().copied()
-        } else {
-            Some(i64::MIN)
-        };
-        let till = self.state.tills.get_mut(key)?;
-        let due: Vec<u64> = till
-            .missing
-            .iter()
-            .filter(|(_, m)| {
-                m.detected_ms.saturating_add(open_for) <= now
-                    && match (m.detected_record_ms, read_up_to) {
-                        (Some(r), Some(w)) => r.saturating_add(open_for) <= w,
-                        _ => true,
-                    }
-            })
-            .map(|(s, _)| *s)
-            .collect();
-        if due.is_empty() {
-            return None;
-        }
-        let mut first = i64::MAX;
-        let mut ids = Vec::new();
-        for s in &due {
-            if let Some(m) = till.missing.remove(s) {
-                first = first.min(m.detected_ms);
-                ids.push(m.revealed_by);
-            }
-        }
-        let listed: Vec<String> = due
-            .iter()
-            .take(alert::MAX_EVIDENCE_IDS)
-            .map(u64::to_string)
-            .collect();
-        let more = due.len().saturating_sub(listed.len());
-        Some(Trigger {
-            rule: Rule::SequenceGap,
-            store_id: store.to_owned(),
-            subject: format!("till:{key}"),
-            window_start_ms: first,
-            window_end_ms: first.saturating_add(open_for),
-            event_ids: ids,
-            evidence: format!(
-                "{} till_seq missing ({}{}), still open {} after they were revealed (till time {})",
-                due.len(),
-                listed.join(", "),
-                if more > 0 {
-                    format!(", +{more}")
-                } else {
-                    String::new()
-                },
-                fmt_dur(open_for),
-                fmt_ms(now)
-            ),
-            excess_pct: excess_pct(i64::try_from(due.len()).unwrap_or(i64::MAX), 1),
-        })
     }
 
     fn coupon_velocity(&mut self, ev: &TillEvent, ms: i64, code: &str) -> Option<Trigger> {
@@ -791,13 +701,11 @@ impl Engine {
         })
     }
 
-    /// Drops everything that can no longer matter (its window ends before the horizon) and
-    /// reports the sequence gaps no accepted event can fill any more.
-    pub(crate) fn expire(&mut self) -> Vec<pb::FraudAlert> {
+    /// Drops everything that can no longer matter (its window ends before the horizon).
+    pub(crate) fn expire(&mut self) {
         let Some(horizon) = self.horizon() else {
-            return Vec::new();
+            return;
         };
-        let wm = self.state.watermark_ms;
         let s = &mut self.state;
         s.seen.retain(|_, ms| *ms >= horizon);
         let vel = ms_of(self.cfg.coupon_velocity.window);
@@ -816,17 +724,11 @@ impl Engine {
             v.retain(|r| r.ms >= horizon);
             !v.is_empty()
         });
-        let longest = [
-            vel,
-            ovr,
-            rar,
-            ms_of(self.cfg.sequence_gap.open_for),
-            ms_of(self.cfg.clock_drift.max_drift),
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0)
-        .saturating_add(ms_of(self.cfg.alert_cooldown));
+        let longest = [vel, ovr, rar, ms_of(self.cfg.clock_drift.max_drift)]
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            .saturating_add(ms_of(self.cfg.alert_cooldown));
         s.alerted.retain(|_, v| {
             v.retain(|w| w.saturating_add(longest) >= horizon);
             !v.is_empty()
@@ -857,40 +759,9 @@ impl Engine {
                 c.count += 1;
             }
         }
-        // Gaps no accepted event can fill any more are judged now.
-        let mut triggers = Vec::new();
-        if self.cfg.sequence_gap.enabled {
-            let keys: Vec<String> = self
-                .state
-                .tills
-                .iter()
-                .filter(|(_, t)| !t.missing.is_empty())
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in keys {
-                let store = key.split('/').next().unwrap_or_default().to_owned();
-                let till_now = self
-                    .state
-                    .tills
-                    .get(&key)
-                    .map_or(horizon, |t| t.last_ms.max(horizon));
-                triggers.extend(self.due_gaps(&key, till_now, &store));
-            }
-        } else {
-            for t in self.state.tills.values_mut() {
-                t.missing.clear();
-            }
-        }
-        self.state.tills.retain(|_, t| {
-            t.last_ms >= horizon
-                || !t.missing.is_empty()
-                || !t.offline.is_empty()
-                || t.carried.is_some()
-        });
-        triggers
-            .into_iter()
-            .filter_map(|t| self.emit(t, wm))
-            .collect()
+        self.state
+            .tills
+            .retain(|_, t| t.last_ms >= horizon || !t.offline.is_empty() || t.carried.is_some());
     }
 }
 

@@ -2,7 +2,9 @@
 //! score. The reconciler settles what happened; fraud-guard warns while it is happening.
 //!
 //! It reads `promo.sessions` (every accepted, deduplicated till event as a protobuf
-//! `TillEvent`; the record timestamp is the one of the original till record) and writes
+//! `TillEvent`; the record timestamp is the one of the original till record), and
+//! `till.events` for SEQUENCE_GAP alone (each till's events in the order it synced them), and
+//! writes
 //! `FraudAlert`s to `tillbridge.alerts`, keyed by store id. Rules, all in event time
 //! (`occurred_at`), each with its own switch, thresholds, window and weight in
 //! [`FraudGuardConfig`]:
@@ -13,8 +15,8 @@
 //! - OVERRIDE_RATE: per cashier, more than 5 manual overrides within an hour.
 //! - RETURN_AFTER_REDEMPTION: a partial return within 24 h of a sale that used a coupon (a full
 //!   return releases the coupon and raises nothing).
-//! - SEQUENCE_GAP: a missing `till_seq` still missing 1 h of the till's event time later (or
-//!   once no accepted event could fill it any more).
+//! - SEQUENCE_GAP: a missing `till_seq` still missing 1 h after the till synced the receipt
+//!   that revealed it, judged on `till.events` in sync (record) time (see `gaps`).
 //! - CLOCK_DRIFT: `occurred_at` more than 10 minutes from the record timestamp on an event not
 //!   flagged offline.
 //!
@@ -41,11 +43,13 @@
 //! Parts: [`FraudGuard`] (the [`Processor`](tillbridge_core::stage::Processor), with the
 //! delivery guarantee on its docs), [`FraudGuardConfig`] and one sub-struct per rule,
 //! [`FraudGuardStats`], [`Error`] and [`ConfigError`]. Inside: `engine` (rule state and
-//! evaluation, bounded by `max_lateness`), `alert` (masking, scores, ids), `config`.
+//! evaluation, bounded by `max_lateness`), `gaps` (SEQUENCE_GAP on `till.events`), `alert`
+//! (masking, scores, ids), `config`.
 
 mod alert;
 mod config;
 mod engine;
+mod gaps;
 mod processor;
 
 use tillbridge_core::config::Topics;
@@ -78,5 +82,5 @@ impl Error {
 
 /// The topics the stage reads.
 pub fn input_topics(topics: &Topics) -> Vec<String> {
-    vec![topics.sessions.clone()]
+    vec![topics.sessions.clone(), topics.till_events.clone()]
 }

@@ -16,7 +16,7 @@ use crate::engine::{Admission, Engine, State};
 use crate::Error;
 
 /// Layout version of the state; a store of another layout is rebuilt from the topics.
-const STATE_FORMAT: &str = "fraud-guard-v1";
+const STATE_FORMAT: &str = "fraud-guard-v2";
 /// The sled key holding the whole state together with the offsets it reflects.
 const STATE_KEY: &[u8] = b"state";
 /// Content type of the alerts written.
@@ -85,12 +85,6 @@ impl FraudGuard {
     }
 
     /// Whether the state was found damaged and recreated: the caller must replay from the start.
-    /// Tells the stage how many partitions its input has: a till's events are spread over
-    /// them, so a sequence gap is judged only once every partition has been read past it.
-    pub fn set_input_partitions(&mut self, n: usize) {
-        self.engine.state.input_partitions = n;
-    }
-
     pub fn rebuilt(&self) -> bool {
         self.store.rebuilt()
     }
@@ -182,33 +176,35 @@ impl Processor for FraudGuard {
 
     fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Error> {
         let mut out = Vec::new();
-        // `promo.sessions` is keyed by session, so one till's events are spread over partitions
-        // and a consumer receives them partition by partition. The rules work in event time, so
-        // the batch is applied in record-time order across partitions; what a replay skips is
-        // judged against the offsets stored before this batch.
+        // What a replay skips is judged against the offsets stored before this batch.
         let before = self.engine.state.offsets.clone();
-        let mut ordered: Vec<&Record> = batch.iter().collect();
-        ordered.sort_by_key(|r| (r.timestamp_ms, r.partition, r.offset));
-        for rec in ordered {
-            self.stats.records += 1;
-            let done = before
+        let fresh = |rec: &Record| {
+            before
                 .get(&rec.topic)
                 .and_then(|p| p.get(&rec.partition))
-                .is_some_and(|o| rec.offset <= *o);
-            if done {
+                .is_none_or(|o| rec.offset > *o)
+        };
+        // `till.events` feeds SEQUENCE_GAP alone, in each partition's offset order: one till's
+        // events sit in one partition there, in the order the till synced them.
+        // `promo.sessions` is keyed by session, so one till's events are spread over partitions
+        // and a consumer receives them partition by partition. The other rules work in event
+        // time, so those records are applied in record-time order across partitions.
+        let (raw, mut sessions): (Vec<&Record>, Vec<&Record>) = batch
+            .iter()
+            .partition(|r| r.topic == self.topics.till_events);
+        sessions.sort_by_key(|r| (r.timestamp_ms, r.partition, r.offset));
+        for rec in raw.into_iter().chain(sessions) {
+            self.stats.records += 1;
+            if !fresh(rec) {
                 self.stats.replayed += 1;
                 continue;
             }
-            if let Some(ts) = rec.timestamp_ms {
-                let read = self
-                    .engine
-                    .state
-                    .partition_record_ms
-                    .entry(rec.partition)
-                    .or_insert(ts);
-                *read = (*read).max(ts);
-            }
-            for alert in self.handle(rec) {
+            let alerts = if rec.topic == self.topics.till_events {
+                self.engine.apply_till_record(rec)
+            } else {
+                self.handle(rec)
+            };
+            for alert in alerts {
                 out.push(self.alert_record(&alert, rec.timestamp_ms));
             }
             let stored = self
@@ -221,13 +217,7 @@ impl Processor for FraudGuard {
                 .or_insert(rec.offset);
             *stored = (*stored).max(rec.offset);
         }
-        for alert in self.engine.expire() {
-            let ts = alert
-                .window_end
-                .as_ref()
-                .map(|t| t.seconds.saturating_mul(1000));
-            out.push(self.alert_record(&alert, ts));
-        }
+        self.engine.expire();
         Ok(out)
     }
 

@@ -114,7 +114,8 @@ async fn state_stays_bounded_over_four_weeks() {
             .or_insert(0);
         *seq += if rng.below(5_000) == 0 { 2 } else { 1 };
         e.till_seq = *seq;
-        batch.push(h.record(e, Some(record_ts)));
+        let (raw, session) = h.records(e, Some(record_ts));
+        batch.extend([raw, session]);
         fed += 1;
         if batch.len() == BATCH {
             let out = h.run(&batch).await;

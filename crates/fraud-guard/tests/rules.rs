@@ -438,25 +438,102 @@ async fn sequence_gap_table() {
 }
 
 #[tokio::test]
-async fn sequence_gap_judged_on_the_tills_own_time_and_late_when_behind() {
+async fn sequence_gap_is_judged_in_sync_time_on_the_tills_partition_and_never_late() {
     let mut h = Harness::new();
-    // Other stores are 6 hours ahead; the gap of s1/t1 is judged on s1/t1's clock.
+    h.till_partitions.insert("s9/t1".into(), 1);
+    // Another partition is 6 hours ahead: it does not judge s1/t1's gap.
     h.feed(vec![sale("s9", "t1", T0 + 6 * HOUR, &[])]).await;
-    let evs = vec![
-        with_seq(offline(sale("s1", "t1", T0, &[])), 1),
-        with_seq(offline(sale("s1", "t1", T0 + MIN, &[])), 3),
-    ];
-    assert!(of_rule(&h.feed(evs).await, AlertRule::SequenceGap).is_empty());
+    // s1/t1 was offline for 2 hours and syncs at T0 + 3h: receipt 2 never comes.
+    let sync = T0 + 3 * HOUR;
+    let mut recs = Vec::new();
+    for (seq, at) in [(1, T0), (3, T0 + MIN), (4, T0 + 2 * HOUR)] {
+        let (raw, session) = h.records(
+            with_seq(offline(sale("s1", "t1", at, &[])), seq),
+            Some(sync),
+        );
+        recs.extend([raw, session]);
+    }
+    assert!(of_rule(&h.run(&recs).await, AlertRule::SequenceGap).is_empty());
+    // 59 minutes of sync time later the gap is still open, not judged.
+    let a = h.feed(vec![sale("s1", "t2", sync + 59 * MIN, &[])]).await;
+    assert!(of_rule(&a, AlertRule::SequenceGap).is_empty());
+    // An hour after the sync that revealed it, any record of the partition judges it.
     let a = of_rule(
-        &h.feed(vec![with_seq(
-            offline(sale("s1", "t1", T0 + 2 * HOUR, &[])),
-            4,
-        )])
-        .await,
+        &h.feed(vec![sale("s1", "t2", sync + HOUR, &[])]).await,
         AlertRule::SequenceGap,
     );
-    assert_eq!(a.len(), 1);
-    assert!(a[0].late);
+    assert_eq!(a.len(), 1, "{a:#?}");
+    assert_eq!(a[0].subject, "till:s1/t1");
+    assert_eq!(
+        ms(&a[0].window_start),
+        T0 + MIN,
+        "the revealing receipt's event time"
+    );
+    assert!(!a[0].late);
+    assert!(
+        a[0].evidence
+            .starts_with("1 till_seq missing (2) before till_seq 3"),
+        "{}",
+        a[0].evidence
+    );
+}
+
+#[tokio::test]
+async fn sequence_gap_alerts_do_not_depend_on_batches_or_the_order_of_session_partitions() {
+    // The same records: a gap filled in time, one never filled, a resend, a silent till.
+    let plan: Vec<(&str, u64, i64)> = vec![
+        ("t1", 1, 0),
+        ("t1", 3, 1),
+        ("t2", 1, 2),
+        ("t1", 2, 30),
+        ("t1", 6, 31),
+        ("t2", 4, 40),
+        ("t1", 6, 45),
+        ("t1", 7, 100),
+        ("t2", 5, 130),
+        ("t1", 8, 200),
+    ];
+    let events: Vec<_> = plan
+        .iter()
+        .map(|(till, seq, m)| with_seq(sale("s1", till, T0 + m * MIN, &[]), *seq))
+        .collect();
+    let run = |batch: usize, sessions_first: bool| {
+        let events = events.clone();
+        async move {
+            let mut h = Harness::new();
+            let mut raw = Vec::new();
+            let mut sessions = Vec::new();
+            for e in events {
+                let (r, s) = h.records(e, None);
+                raw.push(r);
+                sessions.push(s);
+            }
+            if sessions_first {
+                // Every session record first (another consumer's interleaving), newest first.
+                sessions.reverse();
+                h.run(&sessions).await;
+            }
+            let mut alerts = Vec::new();
+            for chunk in raw.chunks(batch) {
+                alerts.extend(h.run(chunk).await);
+            }
+            if !sessions_first {
+                alerts.extend(h.run(&sessions).await);
+            }
+            let mut gaps = of_rule(&alerts, AlertRule::SequenceGap);
+            gaps.sort_by(|a, b| a.id.cmp(&b.id));
+            gaps
+        }
+    };
+    let want = run(100, false).await;
+    assert_eq!(want.len(), 2, "{want:#?}");
+    for (batch, sessions_first) in [(1, false), (3, true), (7, false), (1, true)] {
+        assert_eq!(
+            run(batch, sessions_first).await,
+            want,
+            "batch {batch}, sessions first {sessions_first}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- CLOCK_DRIFT
@@ -560,9 +637,12 @@ async fn events_older_than_max_lateness_are_skipped() {
 }
 
 #[test]
-fn input_topic_is_sessions_and_bad_config_is_refused() {
+fn input_topics_are_sessions_and_till_events_and_bad_config_is_refused() {
     let topics = tillbridge_core::config::Topics::default();
-    assert_eq!(input_topics(&topics), vec!["promo.sessions".to_owned()]);
+    assert_eq!(
+        input_topics(&topics),
+        vec!["promo.sessions".to_owned(), "till.events".to_owned()]
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = FraudGuardConfig::default();
     cfg.override_rate.max_overrides = 0;
@@ -575,27 +655,25 @@ fn input_topic_is_sessions_and_bad_config_is_refused() {
 }
 
 #[tokio::test]
-async fn sequence_gap_of_a_silent_till_fires_once_nothing_can_fill_it() {
+async fn sequence_gap_of_a_silent_till_fires_once_its_partition_moves_on() {
     let mut h = Harness::new();
+    h.till_partitions.insert("s3/t1".into(), 2);
     let evs = vec![
         with_seq(sale("s1", "t1", T0, &[]), 1),
         with_seq(sale("s1", "t1", T0 + MIN, &[]), 3),
     ];
     assert!(of_rule(&h.feed(evs).await, AlertRule::SequenceGap).is_empty());
-    // s1/t1 goes silent; the fleet moves on past the lateness bound (72 h) plus the 1 h.
-    let a = h.feed(vec![sale("s2", "t1", T0 + 72 * HOUR, &[])]).await;
-    assert!(
-        of_rule(&a, AlertRule::SequenceGap).is_empty(),
-        "still fillable"
-    );
+    // s1/t1 goes silent. A till of another partition moving on judges nothing.
+    let a = h.feed(vec![sale("s3", "t1", T0 + 72 * HOUR, &[])]).await;
+    assert!(of_rule(&a, AlertRule::SequenceGap).is_empty(), "{a:#?}");
+    // A till of the same partition an hour on does.
     let a = of_rule(
-        &h.feed(vec![sale("s2", "t1", T0 + 73 * HOUR + 2 * MIN, &[])])
-            .await,
+        &h.feed(vec![sale("s2", "t1", T0 + 61 * MIN, &[])]).await,
         AlertRule::SequenceGap,
     );
     assert_eq!(a.len(), 1, "{a:#?}");
     assert_eq!(a[0].subject, "till:s1/t1");
-    assert!(a[0].late);
+    assert!(!a[0].late);
 }
 
 #[tokio::test]

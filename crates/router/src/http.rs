@@ -33,7 +33,8 @@ pub struct HttpConfig {
     /// Most requests per second, sustained (retries count too).
     #[serde(default = "default_rate")]
     pub rate_limit_per_second: u32,
-    /// Most requests sent at once after an idle spell (the token bucket's size).
+    /// Most requests sent at once after an idle spell (the token bucket's size). The bucket
+    /// is per process and starts full, so a restart may send one more burst.
     #[serde(default = "default_burst")]
     pub burst: u32,
     /// A request without a complete response by then is a timeout, and is retried.

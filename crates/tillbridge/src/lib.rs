@@ -467,17 +467,6 @@ pub async fn run(
         let fg = fraud_guard_config(config)?;
         let mut p = FraudGuard::open(&state, &config.topics, fg, &config.reconciler.report_key)?;
         let topics = tillbridge_fraud_guard::input_topics(&config.topics);
-        let partitions = match transport {
-            Transport::Embedded(log) => log.partitions() as usize * topics.len(),
-            Transport::Kafka(k) => {
-                let mut n = 0;
-                for t in &topics {
-                    n += k.partition_count(t)?;
-                }
-                n
-            }
-        };
-        p.set_input_partitions(partitions);
         let (t, stop) = (transport.clone(), shutdown.clone());
         tasks.spawn(async move {
             let r = run_stage("fraud-guard", &t, &topics, &mut p, limits, until, stop).await;

@@ -211,7 +211,7 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
         ..Default::default()
     };
     let group = format!("{}.reconciler", replay.kafka.as_ref().unwrap().group_prefix);
-    let ends = common::real_ends(
+    let ends = common::ends(
         &broker,
         &tillbridge_reconciler::input_topics(&replay.topics),
     );

@@ -71,8 +71,8 @@ async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
         .unwrap();
     let producer = common::producer(&broker);
     let json = Some("application/json");
-    // One row per request (tansu 0.6.0 reports a short high watermark after multi-record ones).
-    for (key, row) in [
+    // All rows in one produce request, as a bulk loader sends them.
+    let rows: Vec<(String, Vec<u8>, Option<&str>)> = [
         (
             "S-N",
             r#"{"storeId":"S-N","region":"north","channelType":"mall"}"#,
@@ -82,14 +82,11 @@ async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
             r#"{"store_id":"S-T","is_live":false,"opening_date":"2027-01-01"}"#,
         ),
         ("S-BAD", r#"{"storeId":"S-BAD","openingDate":"soon"}"#),
-    ] {
-        common::produce(
-            &producer,
-            &config.topics.stores,
-            &[(key.to_owned(), row.as_bytes().to_vec(), json)],
-        )
-        .await;
-    }
+    ]
+    .into_iter()
+    .map(|(key, row)| (key.to_owned(), row.as_bytes().to_vec(), json))
+    .collect();
+    common::produce(&producer, &config.topics.stores, &rows).await;
     let events = [sale("S-N", 1), sale("S-T", 1), sale("S-X", 1)];
     let records: Vec<(String, Vec<u8>, Option<&str>)> = events
         .iter()

@@ -154,6 +154,10 @@ pub struct Harness {
     pub topics: Topics,
     pub next_offset: i64,
     seqs: BTreeMap<(String, String), u64>,
+    /// `till.events` partition of each `{store}/{till}` (0 unless a test sets it), and the next
+    /// offset of each partition.
+    pub till_partitions: BTreeMap<String, i32>,
+    till_offsets: BTreeMap<i32, i64>,
 }
 
 impl Harness {
@@ -172,6 +176,8 @@ impl Harness {
             topics,
             next_offset: 0,
             seqs: BTreeMap::new(),
+            till_partitions: BTreeMap::new(),
+            till_offsets: BTreeMap::new(),
         }
     }
 
@@ -188,7 +194,14 @@ impl Harness {
 
     /// A record at the next offset of partition 0; the record timestamp is the event's
     /// `occurred_at` unless `timestamp_ms` says otherwise. Numbers `till_seq` when it is 0.
-    pub fn record(&mut self, mut e: pb::TillEvent, timestamp_ms: Option<i64>) -> Record {
+    pub fn record(&mut self, e: pb::TillEvent, timestamp_ms: Option<i64>) -> Record {
+        self.records(e, timestamp_ms).1
+    }
+
+    /// The event as the till published it on `till.events` (JSON, as an outside client writes
+    /// it, at the next offset of the till's partition) and as ingest forwarded it on
+    /// `promo.sessions` (see [`Harness::record`]).
+    pub fn records(&mut self, mut e: pb::TillEvent, timestamp_ms: Option<i64>) -> (Record, Record) {
         let seq = self
             .seqs
             .entry((e.store_id.clone(), e.till_id.clone()))
@@ -200,7 +213,20 @@ impl Harness {
             *seq = (*seq).max(e.till_seq);
         }
         let ts = timestamp_ms.unwrap_or_else(|| ms(&e.occurred_at));
-        self.raw_record(Some(e.encode_to_vec()), Some(ts))
+        let till = format!("{}/{}", e.store_id, e.till_id);
+        let partition = self.till_partitions.get(&till).copied().unwrap_or(0);
+        let offset = self.till_offsets.entry(partition).or_insert(0);
+        let raw = Record {
+            topic: self.topics.till_events.clone(),
+            partition,
+            offset: *offset,
+            key: Some(till.into_bytes()),
+            payload: Some(tillbridge_proto::to_json(&e).into_bytes()),
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            timestamp_ms: Some(ts),
+        };
+        *offset += 1;
+        (raw, self.raw_record(Some(e.encode_to_vec()), Some(ts)))
     }
 
     pub fn raw_record(&mut self, payload: Option<Vec<u8>>, timestamp_ms: Option<i64>) -> Record {
@@ -224,9 +250,14 @@ impl Harness {
         decode(&out, &self.topics)
     }
 
-    /// One batch of events whose record timestamps equal their `occurred_at`.
+    /// One batch of events whose record timestamps equal their `occurred_at`, each on
+    /// `till.events` and on `promo.sessions`.
     pub async fn feed(&mut self, events: Vec<pb::TillEvent>) -> Vec<pb::FraudAlert> {
-        let recs: Vec<Record> = events.into_iter().map(|e| self.record(e, None)).collect();
+        let mut recs = Vec::new();
+        for e in events {
+            let (raw, session) = self.records(e, None);
+            recs.extend([raw, session]);
+        }
         self.run(&recs).await
     }
 }

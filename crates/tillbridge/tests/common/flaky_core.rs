@@ -193,9 +193,34 @@ impl FlakyCore {
     }
 
     /// Checks the arrival times against a token bucket of `rate` per second and `burst`: no
-    /// window of arrivals may hold more than `burst + rate * span + slack` requests.
-    pub fn check_rate(&self, rate: f64, burst: usize, slack: usize) -> Result<(), String> {
-        let at: Vec<Instant> = self.requests().iter().map(|r| r.at).collect();
+    /// window of arrivals may hold more than `burst + rate * span + slack` requests. The bucket
+    /// is per process and starts full, so each run of the sender (from each instant in
+    /// `process_starts` on) is checked on its own.
+    pub fn check_rate(
+        &self,
+        rate: f64,
+        burst: usize,
+        slack: usize,
+        process_starts: &[Instant],
+    ) -> Result<(), String> {
+        let all: Vec<Instant> = self.requests().iter().map(|r| r.at).collect();
+        let mut runs: Vec<Vec<Instant>> = vec![Vec::new()];
+        let mut starts = process_starts.to_vec();
+        starts.sort();
+        let mut next = starts.iter().peekable();
+        for t in all {
+            while next.next_if(|s| **s <= t).is_some() {
+                runs.push(Vec::new());
+            }
+            if let Some(run) = runs.last_mut() {
+                run.push(t);
+            }
+        }
+        runs.iter()
+            .try_for_each(|at| Self::check_run(at, rate, burst, slack))
+    }
+
+    fn check_run(at: &[Instant], rate: f64, burst: usize, slack: usize) -> Result<(), String> {
         for i in 0..at.len() {
             for j in i..at.len() {
                 let span = at[j].duration_since(at[i]).as_secs_f64();

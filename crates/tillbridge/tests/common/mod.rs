@@ -16,9 +16,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use tillbridge_core::config::{Config, KafkaConfig, Topics};
 
 /// The broker the project's script started, or `None` (the test then says why it is skipped).
+/// Under CI (`CI` set) a missing broker fails the test: CI must never pass by skipping.
 pub fn broker() -> Option<String> {
     match std::env::var("TILLBRIDGE_TEST_KAFKA") {
         Ok(b) if !b.is_empty() => Some(b),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but TILLBRIDGE_TEST_KAFKA is not: run the suite with scripts/test.sh")
+        }
         _ => {
             eprintln!(
                 "SKIPPED: TILLBRIDGE_TEST_KAFKA is not set; run scripts/test.sh to start a broker"
@@ -50,7 +54,6 @@ pub async fn config(broker: &str, state: &std::path::Path) -> Config {
     };
     let mut kafka = KafkaConfig::new(broker);
     kafka.group_prefix = format!("test-{tag}");
-    kafka.fetch_wait_max_ms = 10;
     let mut config = Config {
         topics,
         kafka: Some(kafka.clone()),
@@ -137,7 +140,6 @@ fn consumer(broker: &str, group: &str) -> BaseConsumer {
         .set("bootstrap.servers", broker)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
         .create()
         .expect("consumer")
 }
@@ -165,37 +167,46 @@ fn got(m: &rdkafka::message::BorrowedMessage<'_>) -> Got {
     }
 }
 
-/// Every record of `topic` up to its current end. tansu 0.6.0 reports a high watermark one short
-/// of the real end when the last produce request carried several records, so the watermarks
-/// are a lower bound: once they are reached, reading goes on until the topic stays quiet.
+/// Every record of `topic` up to its current end (the high watermarks when it is called),
+/// sorted by payload.
 pub fn read_all(broker: &str, topic: &str) -> Vec<Got> {
-    let consumer = reader(broker);
-    let mut at_least = 0;
-    for p in 0..PARTITIONS {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
-        at_least += high;
+    let ends = high_watermarks(broker, topic);
+    let mut tail = Tail::new(broker, topic);
+    let start = Instant::now();
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let behind = |next: &BTreeMap<i32, i64>| {
+        ends.iter()
+            .any(|(p, (low, high))| next.get(p).copied().unwrap_or(*low) < *high)
+    };
+    while behind(&next) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "could not read {topic} to its end {ends:?}"
+        );
+        let from = tail.got.len();
+        tail.poll_for(Duration::from_millis(50));
+        for g in &tail.got[from..] {
+            let n = next.entry(g.partition).or_insert(0);
+            *n = (*n).max(g.offset + 1);
+        }
     }
-    let quiet = std::cell::Cell::new(None::<(usize, Instant)>);
-    let mut got = read_until(broker, topic, Duration::from_secs(120), |g| {
-        if (g.len() as i64) < at_least {
-            return false;
-        }
-        match quiet.get() {
-            Some((n, since)) if n == g.len() => since.elapsed() >= Duration::from_millis(500),
-            _ => {
-                quiet.set(Some((g.len(), Instant::now())));
-                false
-            }
-        }
-    });
-    assert!(
-        got.len() as i64 >= at_least,
-        "could not read {topic} to its end"
-    );
+    let mut got = tail.got;
+    got.retain(|g| g.offset < ends[&g.partition].1);
     got.sort_by(|a, b| a.payload.cmp(&b.payload));
     got
+}
+
+/// The low and high watermark of every partition of `topic`.
+pub fn high_watermarks(broker: &str, topic: &str) -> BTreeMap<i32, (i64, i64)> {
+    let consumer = reader(broker);
+    (0..PARTITIONS)
+        .map(|p| {
+            let w = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            (p, w)
+        })
+        .collect()
 }
 
 /// A generated till event as an outside client sends it.
@@ -343,16 +354,12 @@ impl Tail {
     }
 }
 
-/// The real end offset of every partition of `topics` (read, not taken from the watermarks).
-pub fn real_ends(broker: &str, topics: &[String]) -> BTreeMap<(String, i32), i64> {
+/// The end offset (high watermark) of every partition of `topics`.
+pub fn ends(broker: &str, topics: &[String]) -> BTreeMap<(String, i32), i64> {
     let mut ends = BTreeMap::new();
     for t in topics {
-        for p in 0..PARTITIONS {
-            ends.insert((t.clone(), p), 0);
-        }
-        for g in read_all(broker, t) {
-            let e = ends.entry((t.clone(), g.partition)).or_insert(0);
-            *e = (*e).max(g.offset + 1);
+        for (p, (_, high)) in high_watermarks(broker, t) {
+            ends.insert((t.clone(), p), high);
         }
     }
     ends
