@@ -34,8 +34,11 @@ install() {
   echo "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $LIBS (once)" >&2
   rm -rf "$KAFKA_HOME"
   mkdir -p "$LIBS"
-  mvn -q -B --no-transfer-progress -Dstyle.color=never -f "$POM" dependency:copy-dependencies -DincludeScope=runtime \
-    -DoutputDirectory="$LIBS" >&2
+  if ! mvn -B --no-transfer-progress -f "$POM" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$LIBS" >"$KAFKA_HOME/mvn.log" 2>&1; then
+    tail -n 40 "$KAFKA_HOME/mvn.log" >&2
+    return 1
+  fi
   touch "$KAFKA_HOME/.complete"
 }
 

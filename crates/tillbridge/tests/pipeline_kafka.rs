@@ -74,10 +74,12 @@ async fn produce(broker: &str, records: Vec<OutRecord>) {
     }
 }
 
+/// Runs `stages` until `done` returns `Ok`; on a time-out the panic names the last `Err` (what
+/// still differs).
 async fn run_until(
     config: &Config,
     stages: Stages,
-    done: impl Fn() -> bool + Send + Sync + 'static,
+    done: impl Fn() -> Result<(), String> + Send + Sync + 'static,
 ) {
     let shutdown = CancellationToken::new();
     let transport = Transport::from_config(config).unwrap();
@@ -91,12 +93,12 @@ async fn run_until(
     let start = std::time::Instant::now();
     loop {
         let check = done.clone();
-        if tokio::task::spawn_blocking(move || check()).await.unwrap() {
+        let Err(differs) = tokio::task::spawn_blocking(move || check()).await.unwrap() else {
             break;
-        }
+        };
         assert!(
             start.elapsed() < Duration::from_secs(240),
-            "pipeline did not finish"
+            "pipeline did not finish: {differs}"
         );
         tokio::select! {
             r = &mut run => panic!("the pipeline stopped early: {:?}", r.unwrap().map(|s| s.to_string())),
@@ -164,7 +166,15 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
             .map(|g| g.payload)
             .collect();
         let (o, a) = (outstanding(&comps), alert_subjects(&alerts));
-        o == want.0 && a == want.1
+        if o == want.0 && a == want.1 {
+            return Ok(());
+        }
+        Err(format!(
+            "outstanding compensations not expected {:?}, missing {:?}; alerts {a:?}, expected {:?}",
+            o.difference(&want.0).collect::<Vec<_>>(),
+            want.0.difference(&o).collect::<Vec<_>>(),
+            want.1
+        ))
     })
     .await;
     // Each planted pattern yields exactly its alert subject on Kafka too.
@@ -216,14 +226,24 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
         &tillbridge_reconciler::input_topics(&replay.topics),
     );
     let b = broker.clone();
-    // The group's offsets are at the end until the stage moves them back: wait for that first.
-    let reset_seen = std::sync::atomic::AtomicBool::new(false);
+    // The group's offsets are at the end already: the replay is done once the stage (in this
+    // process) has consumed every input record again and committed the ends.
+    let consumed = || {
+        tillbridge_core::metrics::RECORDS_CONSUMED
+            .with_label_values(&["reconciler"])
+            .get()
+    };
+    let before = consumed();
+    let total: u64 = ends.values().map(|e| *e as u64).sum();
     run_until(&replay, reconciler_only, move || {
-        let caught_up = common::group_caught_up(&b, &group, &ends);
-        if !caught_up {
-            reset_seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        let replayed = consumed() - before;
+        if replayed >= total && common::group_caught_up(&b, &group, &ends) {
+            Ok(())
+        } else {
+            Err(format!(
+                "group {group} replayed {replayed} of {total} records; ends {ends:?}"
+            ))
         }
-        caught_up && reset_seen.load(std::sync::atomic::Ordering::SeqCst)
     })
     .await;
     tillbridge::write_report(&replay, &state.path().join("rebuilt")).unwrap();
