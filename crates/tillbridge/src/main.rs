@@ -41,10 +41,12 @@ enum Command {
     },
     /// Check JSON-lines events against the contract and append the good ones to `till.events`.
     Publish {
-        /// File of JSON lines; `-` or none reads standard input.
+        /// File of JSON lines: contract messages, or record envelopes (key, ts, headers, payload)
+        /// as kcat -J writes them; `-` or none reads standard input.
         #[arg(long, short)]
         file: Option<PathBuf>,
-        /// Topic to append to (default: the configured till events topic).
+        /// Topic to append to, whatever the lines' envelopes say (default: the envelope's topic,
+        /// else the configured till events topic).
         #[arg(long)]
         topic: Option<String>,
         /// Only check; append nothing.
@@ -119,8 +121,14 @@ async fn main() -> anyhow::Result<()> {
                 )),
                 _ => Box::new(std::io::BufReader::new(std::io::stdin())),
             };
-            let topic = topic.unwrap_or_else(|| config.topics.till_events.clone());
-            let report = tillbridge::publish::publish(input, &transport, &topic, check).await?;
+            let report = tillbridge::publish::publish(
+                input,
+                &transport,
+                &config.topics,
+                topic.as_deref(),
+                check,
+            )
+            .await?;
             print!("{report}");
             if report.rejected() > 0 {
                 std::process::exit(1);
