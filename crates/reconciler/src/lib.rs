@@ -20,10 +20,12 @@
 //! The outputs of a replayed batch carry the same deterministic ids, so consumers can drop them.
 //!
 //! **Compensations and retractions.** Each compensation acts on one fact (a redemption) of one
-//! case; its id is UUIDv5 over the case id, the fact id and a revision. When a later fact (a late
-//! offline sale, a release, a definition change) means a compensation is no longer due, a
-//! RETRACT naming it is emitted; if it becomes due again, it is re-issued under the next
-//! revision, so the re-issue has a new id.
+//! case; its id is UUIDv5 over the case id, the fact id, the reason, the points and a revision,
+//! so an id never names two different actions, whatever order the facts came in. When a later
+//! fact (a late offline sale, a release, a definition change) means a compensation is no longer
+//! due, a RETRACT naming it is emitted (its id follows from the retracted action's); if the same
+//! action becomes due again, it is re-issued under the next revision, so the re-issue has a new
+//! id.
 //!
 //! **Worked example** (usage limit 1, horizon 72 h). Store A redeems code X at 10:00 while
 //! offline; store B redeems it online at 10:05. B's fact arrives first: it stands, nothing is
@@ -68,7 +70,7 @@ use model::{
 };
 
 /// The state layout version; another value makes the store rebuild from the topics.
-const FORMAT: &str = "tillbridge-reconciler-v1";
+const FORMAT: &str = "tillbridge-reconciler-v2";
 /// The marker key `StateStore` writes; checked by [`report()`], which must not move a store aside.
 const FORMAT_KEY: &[u8] = b"__tillbridge_format";
 const PREFIX_OFFSET: &str = "off/";
@@ -217,6 +219,12 @@ impl Reconciler {
     /// The topics the reconciler reads.
     pub fn input_topics(topics: &Topics) -> Vec<String> {
         input_topics(topics)
+    }
+
+    /// The compacted inputs (coupon definitions, balance snapshots), read to their end before
+    /// any fact is judged.
+    pub fn table_topics(topics: &Topics) -> Vec<String> {
+        vec![topics.coupons.clone(), topics.loyalty_balances.clone()]
     }
 
     /// Whether the state was found damaged and recreated empty: the caller must replay the input
@@ -548,13 +556,8 @@ impl Reconciler {
             let Some(o) = comp.outstanding.remove(&fact_id) else {
                 continue;
             };
-            let revision = comp
-                .issued
-                .get(&fact_id)
-                .copied()
-                .unwrap_or(1)
-                .saturating_sub(1);
-            let id = ids::derive(&format!("{case_id}/{fact_id}"), "retract", revision);
+            // One retraction per action: its id follows from the action it retracts.
+            let id = ids::derive(&o.action_id, "retract", 0);
             tracing::info!(case_id, action = %id, retracts = %o.action_id, reason = o.reason.as_str(),
                 "compensation no longer due, retracting");
             let action = pb::CompensatingAction {
@@ -580,8 +583,11 @@ impl Reconciler {
             if comp.outstanding.contains_key(fact_id) {
                 continue;
             }
-            let revision = comp.issued.entry(fact_id.clone()).or_insert(0);
-            let id = ids::derive(&format!("{case_id}/{fact_id}"), "compensation", *revision);
+            // The id names what the action says (fact, reason, points), so one id never carries
+            // two meanings across runs; the revision counts re-issues of that same action.
+            let meaning = format!("{case_id}/{fact_id}/{}/{}", d.reason.as_str(), d.points);
+            let revision = comp.issued.entry(meaning.clone()).or_insert(0);
+            let id = ids::derive(&meaning, "compensation", *revision);
             *revision += 1;
             tracing::info!(case_id, action = %id, reason = d.reason.as_str(), "compensation issued");
             let action = pb::CompensatingAction {

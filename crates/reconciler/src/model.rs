@@ -149,7 +149,8 @@ pub(crate) struct Outstanding {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Compensations {
     pub(crate) outstanding: BTreeMap<String, Outstanding>,
-    /// How many compensations were ever issued per fact id: the next one's revision.
+    /// How many compensations were ever issued per fact, reason and points: the next one's
+    /// revision.
     pub(crate) issued: BTreeMap<String, u32>,
 }
 

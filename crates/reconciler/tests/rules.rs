@@ -515,3 +515,31 @@ fn promotion_core_records_may_be_proto3_json() {
     }]);
     assert_eq!(h.rec.as_ref().map(|r| r.malformed()), Some(1));
 }
+
+#[test]
+fn an_action_id_names_one_action_whatever_order_the_catalog_came_in() {
+    let facts = [
+        r(redeem(1, "ONE-USE", "S1", 0, 300)),
+        r(redeem(2, "ONE-USE", "S2", 5, 300)),
+    ];
+    let def = c(coupon("ONE-USE", 1, 0));
+    // Facts before their definition: REVIEW_ONLY first, then the definition re-judges them.
+    let mut late = Harness::new();
+    late.feed(&facts);
+    late.feed(std::slice::from_ref(&def));
+    // The definition first.
+    let mut early = Harness::new();
+    early.feed(std::slice::from_ref(&def));
+    early.feed(&facts);
+    assert_eq!(late.outstanding_set(), early.outstanding_set());
+    let mut meaning: std::collections::BTreeMap<String, (i32, String)> = Default::default();
+    for a in late.actions.iter().chain(&early.actions) {
+        if a.kind == pb::CompensationKind::Retract as i32 {
+            continue;
+        }
+        let m = (a.kind, a.reason.clone());
+        let seen = meaning.entry(a.id.clone()).or_insert_with(|| m.clone());
+        assert_eq!(*seen, m, "action id {} carries two meanings", a.id);
+    }
+    assert!(late.actions.iter().any(|a| a.reason == "UNKNOWN_COUPON"));
+}

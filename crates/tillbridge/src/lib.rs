@@ -10,6 +10,7 @@ pub mod demo;
 pub mod publish;
 pub mod sim;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -157,6 +158,81 @@ where
             Ok(result?)
         }
     }
+}
+
+/// Reads the compacted `tables` from their beginning up to their end at start through
+/// `processor`, making each batch's outputs and state durable, before the stage's own loop
+/// starts: the stage then judges its facts against the whole table, whatever their order on the
+/// topics. The processor records the offsets it applied, so its own loop skips them later.
+pub async fn preload<P>(
+    name: &'static str,
+    transport: &Transport,
+    tables: &[String],
+    processor: &mut P,
+    limits: BatchLimits,
+    shutdown: CancellationToken,
+) -> anyhow::Result<u64>
+where
+    P: Processor,
+{
+    async fn apply<P: Processor, K: Sink>(
+        processor: &mut P,
+        sink: &K,
+        batch: &[Record],
+    ) -> anyhow::Result<()> {
+        let outputs = processor.process(batch)?;
+        sink.send(outputs).await?;
+        processor.commit().await?;
+        Ok(())
+    }
+    let mut read = 0u64;
+    match transport {
+        Transport::Embedded(log) => {
+            let topics: Vec<&str> = tables.iter().map(String::as_str).collect();
+            let mut source = log.source_from(&format!("{name}.preload"), &topics, true)?;
+            let sink = log.sink();
+            loop {
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(read),
+                    b = source.next_batch(limits) => b?,
+                };
+                if batch.is_empty() {
+                    if source.lag() == Some(0) {
+                        break;
+                    }
+                    continue;
+                }
+                read += batch.len() as u64;
+                apply(processor, &sink, &batch).await?;
+            }
+        }
+        Transport::Kafka(k) => {
+            let sink = k.sink()?;
+            for table in tables {
+                let (mut source, ends) = k.table_source(table)?;
+                let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+                while ends
+                    .iter()
+                    .any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end)
+                {
+                    let batch = tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(read),
+                        b = source.next_batch(limits) => b?,
+                    };
+                    for r in &batch {
+                        next.insert(r.partition, r.offset + 1);
+                    }
+                    read += batch.len() as u64;
+                    if !batch.is_empty() {
+                        apply(processor, &sink, &batch).await?;
+                    }
+                }
+            }
+            sink.flush()?;
+        }
+    }
+    tracing::info!(stage = name, records = read, "tables read to their end");
+    Ok(read)
 }
 
 fn limits(config: &Config) -> BatchLimits {
@@ -457,9 +533,13 @@ pub async fn run(
             &config.reconciler,
         )?;
         let topics = Reconciler::input_topics(&config.topics);
+        let tables = Reconciler::table_topics(&config.topics);
         let (t, stop) = (transport.clone(), shutdown.clone());
         tasks.spawn(async move {
-            let r = run_stage("reconciler", &t, &topics, &mut p, limits, until, stop).await;
+            let r = match preload("reconciler", &t, &tables, &mut p, limits, stop.clone()).await {
+                Ok(_) => run_stage("reconciler", &t, &topics, &mut p, limits, until, stop).await,
+                Err(e) => Err(e),
+            };
             ("reconciler", r)
         });
     }

@@ -124,10 +124,13 @@ impl KafkaLog {
         let mut ends = BTreeMap::new();
         for t in md.topics() {
             for p in t.partitions() {
-                let (_, high) = consumer
+                let (low, high) = consumer
                     .fetch_watermarks(topic, p.id(), timeout)
                     .map_err(kafka_err)?;
-                ends.insert(p.id(), high);
+                // A partition compacted or deleted down to nothing has nothing to wait for.
+                if high > low {
+                    ends.insert(p.id(), high);
+                }
                 tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
                     .map_err(kafka_err)?;
             }
