@@ -10,23 +10,23 @@
 //! 4. Per (coupon, profile), the first `per_profile_limit` pass; later ones are PER_PROFILE_LIMIT.
 //! 5. Of those left, the first `usage_limit` stand; later ones are OVER_LIMIT.
 //!
-//! Finality: a redemption older than the horizon behind the coupon's newest event is final, and
-//! its limit decision is frozen the first time it is judged final. Frozen standing redemptions
-//! keep their slots, so a late arrival that is already final never displaces them; it takes what
-//! is left or becomes the over-redemption itself. A frozen over-redemption stays one even if a
-//! slot frees later (its final decision is not reopened); a release still clears it, since a
-//! cancelled sale needs no reversal. A changed definition clears the frozen decisions: a policy
-//! change re-judges the whole coupon. Until anything is final, the verdicts are a
-//! function of the set of facts only, which is the order-independence invariant.
+//! Finality, in sync time (a fact's record timestamp, when it reached Kafka): a redemption is
+//! final once a fact of its coupon has synced at least the horizon after it did. Its limit
+//! decision is the one the ledger gave at that moment, from the facts synced by then and the
+//! decisions frozen before; frozen standing redemptions keep their slots, so a redemption that
+//! syncs later never displaces them: it takes what is left or is the over-redemption itself. A
+//! frozen over-redemption stays one even if a slot frees later; a release still clears it, since
+//! a cancelled sale needs no reversal. The definition in force judges the whole history (the
+//! catalog topic is compacted: a replay sees only the latest). Every decision is therefore a
+//! function of the facts (their event and sync times) and the definition, never of the order
+//! or the batches they were read in: live, as a backlog or in a replay, the verdicts are the same.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use tillbridge_core::domain::CouponDefinition;
 
-use crate::model::{
-    final_before, is_final, Case, CouponState, Frozen, Reason, Redemption, SubjectType,
-};
+use crate::model::{Case, CouponState, Frozen, Reason, Redemption, Release, SubjectType};
 use crate::report::TimelineEntry;
 
 /// What the ledger says about one redemption.
@@ -55,6 +55,9 @@ pub(crate) struct Desired {
     pub(crate) currency: String,
     pub(crate) points: i64,
     pub(crate) event_ids: Vec<String>,
+    /// When the newest fact the decision rests on synced: a function of the facts named, so
+    /// the same action carries the same time in every run.
+    pub(crate) decided_at: DateTime<Utc>,
 }
 
 #[derive(Debug)]
@@ -67,28 +70,31 @@ fn outside(def: &CouponDefinition, at: DateTime<Utc>) -> bool {
     def.valid_from.is_some_and(|f| at < f) || def.valid_until.is_some_and(|u| at > u)
 }
 
-/// Judges every redemption of `st`, freezing the limit decisions of those now final.
-pub(crate) fn evaluate(
-    st: &mut CouponState,
-    horizon: chrono::Duration,
-    case_id: &str,
-) -> Evaluation {
-    let threshold = final_before(st.newest, horizon);
-    let released: BTreeSet<&str> = st
-        .releases
-        .values()
-        .map(|r| r.session_id.as_str())
-        .collect();
-    let mut order: Vec<&Redemption> = st.redemptions.values().collect();
-    order.sort_by(|a, b| a.key().cmp(&b.key()));
+/// Verdicts of some redemptions (in ledger order) under a definition, the releases known and the
+/// limit decisions already frozen.
+struct Judgement {
+    verdicts: BTreeMap<String, Verdict>,
+    /// Redemptions that reached the limit passes (not released, defined, valid).
+    candidates: BTreeSet<String>,
+    /// Event ids of the standing redemptions, in ledger order.
+    standing: Vec<String>,
+    /// Event ids passing the per-profile limit, per profile.
+    passing_by_profile: BTreeMap<String, Vec<String>>,
+}
 
-    let mut verdicts: BTreeMap<&str, Verdict> = BTreeMap::new();
+fn judge(
+    definition: Option<&CouponDefinition>,
+    order: &[&Redemption],
+    released: &BTreeSet<&str>,
+    frozen: &BTreeMap<String, Frozen>,
+) -> Judgement {
+    let mut verdicts: BTreeMap<String, Verdict> = BTreeMap::new();
     let mut candidates: Vec<&Redemption> = Vec::new();
-    for r in &order {
+    for r in order {
         let v = if released.contains(r.session_id.as_str()) {
             Some(Verdict::Released)
         } else {
-            match &st.definition {
+            match definition {
                 None => Some(Verdict::Violation(Reason::UnknownCoupon)),
                 Some(d) if outside(d, r.occurred_at) => {
                     Some(Verdict::Violation(Reason::OutsideValidity))
@@ -101,124 +107,188 @@ pub(crate) fn evaluate(
         };
         match v {
             Some(v) => {
-                verdicts.insert(&r.id, v);
+                verdicts.insert(r.id.clone(), v);
             }
             None => candidates.push(r),
         }
     }
-
+    let mut j = Judgement {
+        verdicts,
+        candidates: candidates.iter().map(|r| r.id.clone()).collect(),
+        standing: Vec::new(),
+        passing_by_profile: BTreeMap::new(),
+    };
+    let Some(def) = definition else {
+        return j;
+    };
     // Per-profile pass: who passes, per profile, in ledger order.
-    let mut passing_by_profile: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let mut standing: Vec<&str> = Vec::new();
-    let mut new_frozen: Vec<(String, Frozen)> = Vec::new();
-    if let Some(def) = &st.definition {
-        let mut over_pp: BTreeSet<&str> = BTreeSet::new();
-        if def.per_profile_limit > 0 {
-            let mut groups: BTreeMap<&str, Vec<&Redemption>> = BTreeMap::new();
-            for r in &candidates {
-                if let Some(p) = r.profile_id.as_deref() {
-                    groups.entry(p).or_default().push(r);
-                }
-            }
-            for (profile, group) in groups {
-                let reserved = group
-                    .iter()
-                    .filter(|r| {
-                        matches!(
-                            st.frozen.get(&r.id),
-                            Some(Frozen::Stands | Frozen::OverLimit)
-                        )
-                    })
-                    .count();
-                let mut avail = (def.per_profile_limit as usize).saturating_sub(reserved);
-                for r in group {
-                    let passes = match st.frozen.get(&r.id) {
-                        Some(Frozen::PerProfileLimit) => false,
-                        Some(Frozen::Stands | Frozen::OverLimit) => true,
-                        None if avail > 0 => {
-                            avail -= 1;
-                            true
-                        }
-                        None => false,
-                    };
-                    if passes {
-                        passing_by_profile
-                            .entry(profile)
-                            .or_default()
-                            .push(&r.event_id);
-                    } else {
-                        over_pp.insert(&r.id);
-                        verdicts.insert(&r.id, Verdict::Violation(Reason::PerProfileLimit));
-                    }
-                }
+    let mut over_pp: BTreeSet<&str> = BTreeSet::new();
+    if def.per_profile_limit > 0 {
+        let mut groups: BTreeMap<&str, Vec<&Redemption>> = BTreeMap::new();
+        for r in &candidates {
+            if let Some(p) = r.profile_id.as_deref() {
+                groups.entry(p).or_default().push(r);
             }
         }
-        let passing: Vec<&Redemption> = candidates
-            .iter()
-            .filter(|r| !over_pp.contains(r.id.as_str()))
-            .copied()
-            .collect();
-        if def.usage_limit == 0 {
-            for r in &passing {
-                verdicts.insert(&r.id, Verdict::Stands);
-            }
-        } else {
-            let reserved = passing
+        for (profile, group) in groups {
+            let reserved = group
                 .iter()
-                .filter(|r| st.frozen.get(&r.id) == Some(&Frozen::Stands))
+                .filter(|r| matches!(frozen.get(&r.id), Some(Frozen::Stands | Frozen::OverLimit)))
                 .count();
-            let mut avail = (def.usage_limit as usize).saturating_sub(reserved);
-            for r in &passing {
-                let stands = match st.frozen.get(&r.id) {
-                    Some(Frozen::Stands) => true,
-                    Some(Frozen::OverLimit) => false,
-                    // A frozen per-profile decision cannot pass the per-profile pass while the
-                    // definition is unchanged (a change clears `frozen`); judge it afresh.
-                    Some(Frozen::PerProfileLimit) | None if avail > 0 => {
+            let mut avail = (def.per_profile_limit as usize).saturating_sub(reserved);
+            for r in group {
+                let passes = match frozen.get(&r.id) {
+                    Some(Frozen::PerProfileLimit) => false,
+                    Some(Frozen::Stands | Frozen::OverLimit) => true,
+                    None if avail > 0 => {
                         avail -= 1;
                         true
                     }
-                    Some(Frozen::PerProfileLimit) | None => false,
+                    None => false,
                 };
-                let v = if stands {
-                    standing.push(&r.event_id);
-                    Verdict::Stands
+                if passes {
+                    j.passing_by_profile
+                        .entry(profile.to_owned())
+                        .or_default()
+                        .push(r.event_id.clone());
                 } else {
-                    Verdict::Violation(Reason::OverLimit)
-                };
-                verdicts.insert(&r.id, v);
+                    over_pp.insert(&r.id);
+                    j.verdicts
+                        .insert(r.id.clone(), Verdict::Violation(Reason::PerProfileLimit));
+                }
             }
         }
-        for r in &candidates {
-            if is_final(r.occurred_at, threshold) && !st.frozen.contains_key(&r.id) {
-                let f = match verdicts.get(r.id.as_str()) {
+    }
+    let passing: Vec<&Redemption> = candidates
+        .iter()
+        .filter(|r| !over_pp.contains(r.id.as_str()))
+        .copied()
+        .collect();
+    if def.usage_limit == 0 {
+        for r in &passing {
+            j.verdicts.insert(r.id.clone(), Verdict::Stands);
+        }
+        return j;
+    }
+    let reserved = passing
+        .iter()
+        .filter(|r| frozen.get(&r.id) == Some(&Frozen::Stands))
+        .count();
+    let mut avail = (def.usage_limit as usize).saturating_sub(reserved);
+    for r in &passing {
+        let stands = match frozen.get(&r.id) {
+            Some(Frozen::Stands) => true,
+            Some(Frozen::OverLimit) => false,
+            // A redemption frozen over its per-profile limit that passes it now (a release
+            // freed the profile's slot) is judged afresh against the usage limit.
+            Some(Frozen::PerProfileLimit) | None if avail > 0 => {
+                avail -= 1;
+                true
+            }
+            Some(Frozen::PerProfileLimit) | None => false,
+        };
+        let v = if stands {
+            j.standing.push(r.event_id.clone());
+            Verdict::Stands
+        } else {
+            Verdict::Violation(Reason::OverLimit)
+        };
+        j.verdicts.insert(r.id.clone(), v);
+    }
+    j
+}
+
+/// When a redemption becomes final: the horizon after it synced.
+fn due(r: &Redemption, horizon: chrono::Duration) -> Option<DateTime<Utc>> {
+    r.synced().checked_add_signed(horizon)
+}
+
+/// The limit decisions frozen by `now`, replayed in sync time: at each moment a redemption
+/// becomes final (the horizon after it synced), the ledger is judged with the facts synced by
+/// then and the decisions frozen before, and that redemption's decision is frozen. The result
+/// depends on the facts alone (their event and sync times), not on the order they were read in.
+fn freeze(
+    definition: Option<&CouponDefinition>,
+    order: &[&Redemption],
+    releases: &[&Release],
+    horizon: chrono::Duration,
+    now: Option<DateTime<Utc>>,
+) -> BTreeMap<String, Frozen> {
+    let mut frozen = BTreeMap::new();
+    let Some(def) = definition else {
+        return frozen;
+    };
+    let Some(now) = now else {
+        return frozen;
+    };
+    if def.usage_limit == 0 && def.per_profile_limit == 0 {
+        // No slots: no decision depends on another.
+        return frozen;
+    }
+    let mut moments: Vec<DateTime<Utc>> = order
+        .iter()
+        .filter_map(|r| due(r, horizon))
+        .filter(|d| *d <= now)
+        .collect();
+    moments.sort();
+    moments.dedup();
+    for m in moments {
+        let known: Vec<&Redemption> = order.iter().copied().filter(|r| r.synced() <= m).collect();
+        let released: BTreeSet<&str> = releases
+            .iter()
+            .filter(|r| r.synced() <= m)
+            .map(|r| r.session_id.as_str())
+            .collect();
+        let j = judge(Some(def), &known, &released, &frozen);
+        for r in &known {
+            if due(r, horizon).is_some_and(|d| d <= m)
+                && j.candidates.contains(&r.id)
+                && !frozen.contains_key(&r.id)
+            {
+                let f = match j.verdicts.get(&r.id) {
                     Some(Verdict::Violation(Reason::OverLimit)) => Frozen::OverLimit,
                     Some(Verdict::Violation(Reason::PerProfileLimit)) => Frozen::PerProfileLimit,
                     _ => Frozen::Stands,
                 };
-                new_frozen.push((r.id.clone(), f));
+                frozen.insert(r.id.clone(), f);
             }
         }
     }
+    frozen
+}
+
+/// Judges every redemption of `st` (see the module documentation).
+pub(crate) fn evaluate(st: &CouponState, horizon: chrono::Duration, case_id: &str) -> Evaluation {
+    let mut order: Vec<&Redemption> = st.redemptions.values().collect();
+    order.sort_by(|a, b| a.key().cmp(&b.key()));
+    let releases: Vec<&Release> = st.releases.values().collect();
+    let now = st.synced_now();
+    let frozen = freeze(st.definition.as_ref(), &order, &releases, horizon, now);
+    let released: BTreeSet<&str> = releases.iter().map(|r| r.session_id.as_str()).collect();
+    let j = judge(st.definition.as_ref(), &order, &released, &frozen);
 
     let mut desired = BTreeMap::new();
     for r in &order {
-        let Some(Verdict::Violation(reason)) = verdicts.get(r.id.as_str()).copied() else {
+        let Some(Verdict::Violation(reason)) = j.verdicts.get(r.id.as_str()).copied() else {
             continue;
         };
         let mut event_ids = vec![r.event_id.clone()];
-        let rests_on: &[&str] = match reason {
-            Reason::OverLimit => &standing,
+        let mut decided_at = r.synced();
+        let rests_on: &[String] = match reason {
+            Reason::OverLimit => &j.standing,
             Reason::PerProfileLimit => r
                 .profile_id
                 .as_deref()
-                .and_then(|p| passing_by_profile.get(p))
+                .and_then(|p| j.passing_by_profile.get(p))
                 .map_or(&[], Vec::as_slice),
             _ => &[],
         };
         for e in rests_on {
             if !event_ids.iter().any(|x| x == e) {
-                event_ids.push((*e).to_owned());
+                event_ids.push(e.clone());
+            }
+            if let Some(s) = order.iter().find(|o| &o.event_id == e) {
+                decided_at = decided_at.max(s.synced());
             }
         }
         desired.insert(
@@ -229,19 +299,22 @@ pub(crate) fn evaluate(
                 currency: r.currency.clone(),
                 points: 0,
                 event_ids,
+                decided_at,
             },
         );
     }
-    let case = build_case(st, &order, &verdicts, threshold, case_id);
-    st.frozen.extend(new_frozen);
+    let is_final = |synced: DateTime<Utc>| {
+        now.is_some_and(|n| synced.checked_add_signed(horizon).is_some_and(|d| d <= n))
+    };
+    let case = build_case(st, &order, &j.verdicts, &is_final, case_id);
     Evaluation { desired, case }
 }
 
 fn build_case(
     st: &CouponState,
     order: &[&Redemption],
-    verdicts: &BTreeMap<&str, Verdict>,
-    threshold: Option<DateTime<Utc>>,
+    verdicts: &BTreeMap<String, Verdict>,
+    is_final: &dyn Fn(DateTime<Utc>) -> bool,
     case_id: &str,
 ) -> Option<Case> {
     let mut reasons: BTreeSet<Reason> = BTreeSet::new();
@@ -281,7 +354,7 @@ fn build_case(
                 clawback_points: 0,
                 balance_after: None,
                 verdict: v.label().into(),
-                is_final: is_final(r.occurred_at, threshold),
+                is_final: is_final(r.synced()),
             },
         ));
     }
@@ -306,7 +379,7 @@ fn build_case(
                 clawback_points: 0,
                 balance_after: None,
                 verdict: String::new(),
-                is_final: is_final(r.occurred_at, threshold),
+                is_final: is_final(r.synced()),
             },
         ));
     }
@@ -318,7 +391,7 @@ fn build_case(
         subject_key: st.code.clone(),
         kind,
         reasons: reasons.into_iter().collect(),
-        is_final: order.iter().all(|r| is_final(r.occurred_at, threshold)),
+        is_final: order.iter().all(|r| is_final(r.synced())),
         exposure,
         deficit_points: 0,
         flagged: flagged.iter().map(|(r, _)| r.event_id.clone()).collect(),

@@ -20,8 +20,10 @@
 //! The outputs of a replayed batch carry the same deterministic ids, so consumers can drop them.
 //!
 //! **Compensations and retractions.** Each compensation acts on one fact (a redemption) of one
-//! case; its id is UUIDv5 over the case id, the fact id, the reason, the points and a revision,
-//! so an id never names two different actions, whatever order the facts came in. When a later
+//! case; its id is UUIDv5 over the case id, the fact id, its whole content (reason, points,
+//! exposure, the event ids it rests on, `decided_at`) and a revision, so an id never names two
+//! different actions, whatever order the facts came in. `decided_at` is the sync time of the
+//! newest fact the decision rests on, not the moment it was computed. When a later
 //! fact (a late offline sale, a release, a definition change) means a compensation is no longer
 //! due, a RETRACT naming it is emitted (its id follows from the retracted action's); if the same
 //! action becomes due again, it is re-issued under the next revision, so the re-issue has a new
@@ -32,9 +34,11 @@
 //! emitted. A syncs at 14:00: in event time A comes first, so A stands and B becomes OVER_LIMIT:
 //! one REVERSE_COUPON_REDEMPTION for B (exposure = B's discount). If A's sale is then cancelled,
 //! a RELEASED fact frees the slot: B stands again and a RETRACT names the compensation for B.
-//! Now let the coupon's newest event move more than 72 h past 10:05, so B's standing is final,
-//! and a redemption C from 09:55 syncs. In event time C comes first, but it cannot displace a
-//! final redemption: C itself is the over-redemption and gets the compensation.
+//! Now let a fact of the coupon sync more than 72 h after B did, so B's standing is final, and
+//! a redemption C from 09:55 sync days later. In event time C comes first, but it cannot
+//! displace a final redemption: C itself is the over-redemption and gets the compensation.
+//! Finality is judged in sync time (record timestamps), never by when facts are read, so the
+//! outcome is the same live, as a backlog or in a replay (docs/RECONCILER.md).
 //!
 //! Coupon codes are bearer secrets: outputs carry a masked code, reports a masked code and a
 //! keyed fingerprint, logs neither. The codes live only in the state store and as record keys.
@@ -70,7 +74,7 @@ use model::{
 };
 
 /// The state layout version; another value makes the store rebuild from the topics.
-const FORMAT: &str = "tillbridge-reconciler-v2";
+const FORMAT: &str = "tillbridge-reconciler-v3";
 /// The marker key `StateStore` writes; checked by [`report()`], which must not move a store aside.
 const FORMAT_KEY: &[u8] = b"__tillbridge_format";
 const PREFIX_OFFSET: &str = "off/";
@@ -164,6 +168,11 @@ fn pb_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
     }
+}
+
+/// A record's timestamp: when it reached Kafka.
+fn record_time(r: &Record) -> Option<DateTime<Utc>> {
+    r.timestamp_ms.and_then(DateTime::from_timestamp_millis)
 }
 
 fn later(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -371,6 +380,7 @@ impl Reconciler {
                             discount_minor: f.discount_minor,
                             currency: f.currency.clone(),
                             index: f.index,
+                            synced_at: record_time(r),
                         });
                 }
                 Ok(pb::RedemptionKind::Released) => {
@@ -390,6 +400,7 @@ impl Reconciler {
                         offline: f.offline,
                         occurred_at: at,
                         index: f.index,
+                        synced_at: record_time(r),
                     });
                 }
                 _ => {
@@ -491,12 +502,9 @@ impl Reconciler {
             if code.is_empty() {
                 return Ok(Err(Malformed::new("coupon definition without a code")));
             }
-            let st = self.coupon(coupons, &code)?;
-            if st.definition != definition {
-                // A policy change re-judges everything, including what was frozen under the old one.
-                st.frozen.clear();
-                st.definition = definition;
-            }
+            // The definition in force judges the whole coupon, as if it had always been (the
+            // topic is compacted: only the latest survives a replay).
+            self.coupon(coupons, &code)?.definition = definition;
         } else if r.topic == self.topics.loyalty_balances {
             let Some(payload) = &r.payload else {
                 return Ok(Ok(()));
@@ -531,7 +539,7 @@ impl Reconciler {
     }
 
     /// Emits what it takes to bring `comp` to `desired`: retractions first, then new actions.
-    #[allow(clippy::too_many_arguments)]
+    /// An action whose content would change in any field is retracted and issued anew.
     fn settle(
         &self,
         comp: &mut Compensations,
@@ -539,24 +547,28 @@ impl Reconciler {
         case_id: &str,
         key: &str,
         subject: &str,
-        now: &prost_types::Timestamp,
         out: &mut Vec<OutRecord>,
     ) {
+        let same = |d: &Desired, o: &Outstanding| {
+            d.reason == o.reason
+                && d.points == o.points
+                && d.exposure_minor == o.exposure_minor
+                && d.currency == o.currency
+                && d.event_ids == o.event_ids
+                && Some(d.decided_at) == o.decided_at
+        };
         let stale: Vec<String> = comp
             .outstanding
             .iter()
-            .filter(|(id, o)| {
-                desired
-                    .get(*id)
-                    .is_none_or(|d| d.reason != o.reason || d.points != o.points)
-            })
+            .filter(|(id, o)| desired.get(*id).is_none_or(|d| !same(d, o)))
             .map(|(id, _)| id.clone())
             .collect();
         for fact_id in stale {
             let Some(o) = comp.outstanding.remove(&fact_id) else {
                 continue;
             };
-            // One retraction per action: its id follows from the action it retracts.
+            // One retraction per action: its id follows from the action it retracts, and it
+            // carries that action's fields, so it reads the same in every run.
             let id = ids::derive(&o.action_id, "retract", 0);
             tracing::info!(case_id, action = %id, retracts = %o.action_id, reason = o.reason.as_str(),
                 "compensation no longer due, retracting");
@@ -571,7 +583,7 @@ impl Reconciler {
                 points: o.points,
                 event_ids: o.event_ids.clone(),
                 retracts: Some(o.action_id.clone()),
-                decided_at: Some(*now),
+                decided_at: o.decided_at.map(pb_timestamp),
             };
             out.push(OutRecord::new(
                 &self.topics.compensations,
@@ -583,9 +595,17 @@ impl Reconciler {
             if comp.outstanding.contains_key(fact_id) {
                 continue;
             }
-            // The id names what the action says (fact, reason, points), so one id never carries
-            // two meanings across runs; the revision counts re-issues of that same action.
-            let meaning = format!("{case_id}/{fact_id}/{}/{}", d.reason.as_str(), d.points);
+            // The id names the whole content, so one id never carries two meanings across
+            // runs; the revision counts re-issues of that same action after a retraction.
+            let meaning = format!(
+                "{case_id}/{fact_id}/{}/{}/{}/{}/{}/{}",
+                d.reason.as_str(),
+                d.points,
+                d.exposure_minor,
+                d.currency,
+                d.event_ids.join(","),
+                d.decided_at.timestamp_millis()
+            );
             let revision = comp.issued.entry(meaning.clone()).or_insert(0);
             let id = ids::derive(&meaning, "compensation", *revision);
             *revision += 1;
@@ -605,7 +625,7 @@ impl Reconciler {
                 points: d.points,
                 event_ids: d.event_ids.clone(),
                 retracts: None,
-                decided_at: Some(*now),
+                decided_at: Some(pb_timestamp(d.decided_at)),
             };
             out.push(OutRecord::new(
                 &self.topics.compensations,
@@ -621,6 +641,7 @@ impl Reconciler {
                     currency: d.currency.clone(),
                     points: d.points,
                     event_ids: d.event_ids.clone(),
+                    decided_at: Some(d.decided_at),
                 },
             );
         }
@@ -663,11 +684,10 @@ impl Processor for Reconciler {
             }
         }
 
-        let now = pb_timestamp(Utc::now());
         let mut out = Vec::new();
         for (code, mut st) in coupons {
             let case_id = coupon_case_id(&self.report_key, &code);
-            let eval = coupon::evaluate(&mut st, self.horizon, &case_id);
+            let eval = coupon::evaluate(&st, self.horizon, &case_id);
             let mut comp = std::mem::take(&mut st.compensations);
             self.settle(
                 &mut comp,
@@ -675,7 +695,6 @@ impl Processor for Reconciler {
                 &case_id,
                 &code,
                 &mask::mask(&code),
-                &now,
                 &mut out,
             );
             st.compensations = comp;
@@ -694,7 +713,6 @@ impl Processor for Reconciler {
                 &case_id,
                 &profile,
                 &profile,
-                &now,
                 &mut out,
             );
             st.compensations = comp;

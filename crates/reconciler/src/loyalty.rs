@@ -151,6 +151,7 @@ pub(crate) fn evaluate(st: &ProfileState, horizon: chrono::Duration, case_id: &s
                     currency: f.currency.clone(),
                     points: *claw,
                     event_ids: vec![f.event_id.clone()],
+                    decided_at: f.occurred_at,
                 },
             )
         })

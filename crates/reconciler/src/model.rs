@@ -79,9 +79,18 @@ pub(crate) struct Redemption {
     pub(crate) discount_minor: i64,
     pub(crate) currency: String,
     pub(crate) index: u32,
+    /// When the fact reached Kafka (its record timestamp, that of the till record it came
+    /// from): the settlement horizon counts from here.
+    #[serde(default)]
+    pub(crate) synced_at: Option<DateTime<Utc>>,
 }
 
 impl Redemption {
+    /// The sync time, or the event time for a record without a timestamp.
+    pub(crate) fn synced(&self) -> DateTime<Utc> {
+        self.synced_at.unwrap_or(self.occurred_at)
+    }
+
     pub(crate) fn key(&self) -> OrderKey<'_> {
         OrderKey {
             at: self.occurred_at,
@@ -108,9 +117,17 @@ pub(crate) struct Release {
     pub(crate) offline: bool,
     pub(crate) occurred_at: DateTime<Utc>,
     pub(crate) index: u32,
+    /// When the fact reached Kafka (see [`Redemption::synced_at`]).
+    #[serde(default)]
+    pub(crate) synced_at: Option<DateTime<Utc>>,
 }
 
 impl Release {
+    /// The sync time, or the event time for a record without a timestamp.
+    pub(crate) fn synced(&self) -> DateTime<Utc> {
+        self.synced_at.unwrap_or(self.occurred_at)
+    }
+
     pub(crate) fn key(&self) -> OrderKey<'_> {
         OrderKey {
             at: self.occurred_at,
@@ -124,8 +141,7 @@ impl Release {
     }
 }
 
-/// A limit decision taken once a redemption became final; never revisited while the coupon's
-/// definition stays the same.
+/// A limit decision taken when a redemption became final (see `coupon`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub(crate) enum Frozen {
@@ -143,6 +159,8 @@ pub(crate) struct Outstanding {
     pub(crate) currency: String,
     pub(crate) points: i64,
     pub(crate) event_ids: Vec<String>,
+    #[serde(default)]
+    pub(crate) decided_at: Option<DateTime<Utc>>,
 }
 
 /// Compensations of one subject (a coupon or a profile), keyed by the fact id they act on.
@@ -161,10 +179,20 @@ pub(crate) struct CouponState {
     pub(crate) definition: Option<CouponDefinition>,
     pub(crate) redemptions: BTreeMap<String, Redemption>,
     pub(crate) releases: BTreeMap<String, Release>,
-    /// Newest event time seen for this coupon: the settlement horizon counts back from here.
+    /// Newest event time seen for this coupon.
     pub(crate) newest: Option<DateTime<Utc>>,
-    pub(crate) frozen: BTreeMap<String, Frozen>,
     pub(crate) compensations: Compensations,
+}
+
+impl CouponState {
+    /// The newest sync time among the coupon's facts: how far its own history reaches.
+    pub(crate) fn synced_now(&self) -> Option<DateTime<Utc>> {
+        self.redemptions
+            .values()
+            .map(Redemption::synced)
+            .chain(self.releases.values().map(Release::synced))
+            .max()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

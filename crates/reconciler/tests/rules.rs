@@ -236,7 +236,9 @@ fn coupon_rules() {
                 vec![r(offline(redeem_on(0, "s", -60)))],
             ],
             expect: vec![("OVER_LIMIT", "event-1", 0), ("OVER_LIMIT", "event-2", 0)],
-            retracts: 0,
+            // event-2's reversal rested on event-1 standing; it now rests on event-0: the
+            // action is retracted and issued anew with that evidence.
+            retracts: 1,
         },
         Scenario {
             name: "coupon defined after its redemptions: reviews retracted, limit applied",
@@ -465,11 +467,19 @@ fn cases_name_flagged_redemptions_latest_first_and_turn_final() {
     assert_ne!(case.subject, CODE);
 
     h.reopen();
-    h.feed(&[r(release(50, 1, CODE, 100 * 60))]);
+    h.feed(&[r(release(50, 1, CODE, 30))]);
     let report = h.close_and_report();
     let case = &report.cases[0];
-    // The release frees the slot: event-2 stands now; event-3 stays over. All redemptions are
-    // older than the horizon behind the release: the case is final.
+    // The release, synced inside the horizon, frees the slot: event-2 stands now; event-3 stays
+    // over.
+    assert_eq!(case.flagged_event_ids, vec!["event-3"]);
+    assert_eq!(case.status, "PROVISIONAL");
+
+    // A fact of the coupon synced more than the horizon after all of them: the case is final.
+    h.reopen();
+    h.feed(&[r(release(51, 99, CODE, 100 * 60))]);
+    let report = h.close_and_report();
+    let case = &report.cases[0];
     assert_eq!(case.flagged_event_ids, vec!["event-3"]);
     assert_eq!(case.status, "FINAL");
 
@@ -542,4 +552,47 @@ fn an_action_id_names_one_action_whatever_order_the_catalog_came_in() {
         assert_eq!(*seen, m, "action id {} carries two meanings", a.id);
     }
     assert!(late.actions.iter().any(|a| a.reason == "UNKNOWN_COUPON"));
+}
+
+#[test]
+fn worked_example_a_late_sync_past_the_horizon_reads_the_same_in_any_order() {
+    // docs/RECONCILER.md: O online Mon 10:00, A offline Mon 09:00 synced 11:00, B offline Mon
+    // 08:00 synced Sat 12:00 (minutes from Mon 10:00).
+    let synced =
+        |f: pb::RedemptionFact, min: i64| Input::Synced(Box::new(r(f)), at(min).seconds * 1000);
+    let def = Input::Synced(Box::new(c(coupon(CODE, 1, 0))), 0);
+    let o = synced(redeem_on(1, "S1", 0), 0);
+    let a = synced(offline(redeem_on(2, "S2", -60)), 60);
+    let b = synced(offline(redeem_on(3, "S3", -120)), (5 * 24 + 2) * 60);
+    let orders: Vec<Vec<Vec<Input>>> = vec![
+        // Live, one by one as they sync.
+        vec![
+            vec![def.clone()],
+            vec![o.clone()],
+            vec![a.clone()],
+            vec![b.clone()],
+        ],
+        // A backlog in one batch.
+        vec![vec![def.clone(), b.clone(), a.clone(), o.clone()]],
+        // Another order.
+        vec![
+            vec![def.clone(), b.clone()],
+            vec![o.clone()],
+            vec![a.clone()],
+        ],
+    ];
+    for batches in orders {
+        let mut h = Harness::new();
+        for batch in &batches {
+            h.feed(batch);
+        }
+        assert_eq!(
+            h.outstanding_reasons(),
+            vec![
+                ("OVER_LIMIT".to_owned(), "event-1".to_owned()),
+                ("OVER_LIMIT".to_owned(), "event-3".to_owned()),
+            ],
+            "O and B reversed, A stands"
+        );
+    }
 }

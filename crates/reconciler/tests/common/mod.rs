@@ -129,9 +129,22 @@ pub enum Input {
         key: String,
         payload: Vec<u8>,
     },
+    /// An input whose record timestamp (sync time, ms) is given.
+    Synced(Box<Input>, i64),
 }
 
 impl Input {
+    /// The event time of a fact, in ms.
+    fn event_time_ms(&self) -> Option<i64> {
+        let ts = match self {
+            Input::Synced(..) => return None,
+            Input::Redemption(f) => f.occurred_at.as_ref(),
+            Input::Loyalty(f) => f.occurred_at.as_ref(),
+            _ => None,
+        }?;
+        Some(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000))
+    }
+
     fn parts(&self, t: &Topics) -> (String, String, Option<Vec<u8>>) {
         match self {
             Input::Redemption(f) => (
@@ -156,6 +169,7 @@ impl Input {
                 key,
                 payload,
             } => (topic.clone(), key.clone(), Some(payload.clone())),
+            Input::Synced(i, _) => i.parts(t),
         }
     }
 }
@@ -180,6 +194,8 @@ pub struct Harness {
     pub outstanding: BTreeMap<String, pb::CompensatingAction>,
     /// Every action emitted, in order.
     pub actions: Vec<pb::CompensatingAction>,
+    /// The newest event time fed: the record timestamp of the next records.
+    clock_ms: Option<i64>,
 }
 
 impl Harness {
@@ -200,6 +216,7 @@ impl Harness {
             fed: Vec::new(),
             outstanding: BTreeMap::new(),
             actions: Vec::new(),
+            clock_ms: None,
         }
     }
 
@@ -207,11 +224,16 @@ impl Harness {
         self.dir.path().join("state")
     }
 
-    /// Gives each input the next offset of its topic (partition 0).
+    /// Gives each input the next offset of its topic (partition 0) and a record timestamp: the
+    /// newest event time fed so far (a fact syncs no earlier than it happened, and a late one
+    /// syncs "now").
     pub fn records(&mut self, inputs: &[Input]) -> Vec<Record> {
         inputs
             .iter()
             .map(|i| {
+                if let Some(t) = i.event_time_ms() {
+                    self.clock_ms = Some(self.clock_ms.map_or(t, |c| c.max(t)));
+                }
                 let (topic, key, payload) = i.parts(&self.topics);
                 let o = self.next_offset.entry(topic.clone()).or_insert(0);
                 let r = Record {
@@ -221,7 +243,10 @@ impl Harness {
                     key: Some(key.into_bytes()),
                     payload,
                     headers: Vec::new(),
-                    timestamp_ms: None,
+                    timestamp_ms: match i {
+                        Input::Synced(_, at) => Some(*at),
+                        _ => self.clock_ms,
+                    },
                 };
                 *o += 1;
                 r
