@@ -81,6 +81,8 @@ const PREFIX_OFFSET: &str = "off/";
 const PREFIX_COUPON: &str = "cpn/";
 const PREFIX_PROFILE: &str = "pro/";
 const PREFIX_CASE: &str = "case/";
+/// Present while a restore has begun and not finished (it survives a crash in between).
+const RESTORE_MARKER: &[u8] = b"restore/pending";
 
 /// The reconciler stage. See the crate documentation.
 pub struct Reconciler {
@@ -93,6 +95,20 @@ pub struct Reconciler {
     /// State changes of processed batches not yet committed: key to new value (`None` deletes).
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     malformed: u64,
+    /// While restoring, facts are applied to the ledgers but nothing is settled or emitted.
+    restoring: bool,
+    /// What the compensations topic says was emitted before (read by a restore).
+    learned: Learned,
+}
+
+/// The compensations a previous life of the stage emitted, read back from its output topic.
+#[derive(Debug, Default)]
+struct Learned {
+    /// Actions still outstanding (issued, not retracted), per record key (code or profile id),
+    /// by action id.
+    outstanding: BTreeMap<String, BTreeMap<String, pb::CompensatingAction>>,
+    /// Every action id ever issued.
+    ever: std::collections::BTreeSet<String>,
 }
 
 // By hand: the report key is a secret, and the staged values and sled's own Debug (which dumps
@@ -104,6 +120,7 @@ impl std::fmt::Debug for Reconciler {
             .field("horizon", &self.horizon)
             .field("staged", &self.staged.len())
             .field("malformed", &self.malformed)
+            .field("restoring", &self.restoring)
             .finish_non_exhaustive()
     }
 }
@@ -183,6 +200,34 @@ fn non_empty(s: Option<&String>) -> Option<String> {
     s.filter(|s| !s.is_empty()).cloned()
 }
 
+/// What a compensation says, as the name its id is derived from: the whole content, so one id
+/// never carries two meanings.
+fn meaning(case_id: &str, fact_id: &str, d: &Desired) -> String {
+    format!(
+        "{case_id}/{fact_id}/{}/{}/{}/{}/{}/{}",
+        d.reason.as_str(),
+        d.points,
+        d.exposure_minor,
+        d.currency,
+        d.event_ids.join(","),
+        d.decided_at.timestamp_millis()
+    )
+}
+
+impl Outstanding {
+    fn of(action_id: String, d: &Desired) -> Self {
+        Outstanding {
+            action_id,
+            reason: d.reason,
+            exposure_minor: d.exposure_minor,
+            currency: d.currency.clone(),
+            points: d.points,
+            event_ids: d.event_ids.clone(),
+            decided_at: Some(d.decided_at),
+        }
+    }
+}
+
 /// The case id of a coupon: derived from its keyed fingerprint, so the id does not give the code
 /// away to anyone who can guess codes.
 fn coupon_case_id(report_key: &str, code: &str) -> String {
@@ -222,6 +267,8 @@ impl Reconciler {
             review_only: cfg.review_only.iter().cloned().collect(),
             staged: BTreeMap::new(),
             malformed: 0,
+            restoring: false,
+            learned: Learned::default(),
         })
     }
 
@@ -234,6 +281,128 @@ impl Reconciler {
     /// any fact is judged.
     pub fn table_topics(topics: &Topics) -> Vec<String> {
         vec![topics.coupons.clone(), topics.loyalty_balances.clone()]
+    }
+
+    /// Whether the state must be restored from the topics before the stage runs: it is new or
+    /// was rebuilt, or a restore began and did not finish. See [`Reconciler::begin_restore`].
+    pub fn needs_restore(&self) -> Result<bool, Error> {
+        Ok(self.store.fresh() || self.get(RESTORE_MARKER)?.is_some())
+    }
+
+    /// Starts a restore: `emitted` are the records of the compensations topic (what an earlier
+    /// life of the stage emitted). Until [`Reconciler::finish_restore`], `process` applies facts
+    /// to the ledgers and emits nothing.
+    pub fn begin_restore(&mut self, emitted: &[Record]) {
+        for r in emitted {
+            let Some(payload) = r.payload.as_deref() else {
+                continue;
+            };
+            let Ok(a) = pb::CompensatingAction::decode(payload) else {
+                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
+                    "unreadable compensation skipped while restoring");
+                continue;
+            };
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+            let outstanding = self.learned.outstanding.entry(key).or_default();
+            match &a.retracts {
+                Some(target) if a.kind == pb::CompensationKind::Retract as i32 => {
+                    outstanding.remove(target);
+                }
+                _ => {
+                    self.learned.ever.insert(a.id.clone());
+                    outstanding.insert(a.id.clone(), a);
+                }
+            }
+        }
+        self.learned.outstanding.retain(|_, v| !v.is_empty());
+        self.restoring = true;
+        self.staged
+            .insert(RESTORE_MARKER.to_vec(), Some(Vec::new()));
+    }
+
+    /// Ends a restore: judges every ledger once against what was emitted before and returns only
+    /// the difference (actions still due are adopted with their ids, those no longer due are
+    /// retracted, new ones issued). The caller sends the outputs, then commits.
+    pub fn finish_restore(&mut self) -> Result<Vec<OutRecord>, Error> {
+        self.restoring = false;
+        let mut out = Vec::new();
+        let mut coupons: BTreeMap<String, CouponState> = BTreeMap::new();
+        let mut profiles: BTreeMap<String, ProfileState> = BTreeMap::new();
+        for prefix in [PREFIX_COUPON, PREFIX_PROFILE] {
+            let keys: Vec<String> = self
+                .store
+                .db()
+                .scan_prefix(prefix.as_bytes())
+                .keys()
+                .filter_map(|k| k.ok())
+                .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+                .chain(
+                    self.staged
+                        .keys()
+                        .filter(|k| k.starts_with(prefix.as_bytes()))
+                        .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()),
+                )
+                .collect();
+            for key in keys {
+                if prefix == PREFIX_COUPON {
+                    self.coupon(&mut coupons, &key)?;
+                } else {
+                    self.profile(&mut profiles, &key)?;
+                }
+            }
+        }
+        self.settle_ledgers(coupons, profiles, &mut out)?;
+        self.learned = Learned::default();
+        self.staged.insert(RESTORE_MARKER.to_vec(), None);
+        Ok(out)
+    }
+
+    /// Seeds `comp` (a ledger's compensations, empty after a rebuild) with the actions an
+    /// earlier life emitted under `key`: one still desired keeps its id; the others are
+    /// retracted.
+    fn adopt_learned(
+        &mut self,
+        comp: &mut Compensations,
+        desired: &BTreeMap<String, Desired>,
+        case_id: &str,
+        key: &str,
+        subject: &str,
+        out: &mut Vec<OutRecord>,
+    ) {
+        let mut learned = self.learned.outstanding.remove(key).unwrap_or_default();
+        for (fact_id, d) in desired {
+            let meaning = meaning(case_id, fact_id, d);
+            let mut revision = 0;
+            loop {
+                let id = ids::derive(&meaning, "compensation", revision).to_string();
+                if !self.learned.ever.contains(&id) {
+                    break;
+                }
+                revision += 1;
+                if learned.remove(&id).is_some() {
+                    comp.outstanding
+                        .insert(fact_id.clone(), Outstanding::of(id, d));
+                    break;
+                }
+            }
+            comp.issued.insert(meaning, revision);
+        }
+        for (_, a) in learned {
+            tracing::info!(case_id, retracts = %a.id, "compensation of an earlier run no longer due, retracting");
+            let retract = pb::CompensatingAction {
+                id: ids::derive(&a.id, "retract", 0).to_string(),
+                kind: pb::CompensationKind::Retract as i32,
+                case_id: case_id.to_owned(),
+                subject: subject.to_owned(),
+                retracts: Some(a.id.clone()),
+                ..a
+            };
+            out.push(OutRecord::new(
+                &self.topics.compensations,
+                key,
+                retract.encode_to_vec(),
+            ));
+        }
     }
 
     /// Whether the state was found damaged and recreated empty: the caller must replay the input
@@ -597,15 +766,7 @@ impl Reconciler {
             }
             // The id names the whole content, so one id never carries two meanings across
             // runs; the revision counts re-issues of that same action after a retraction.
-            let meaning = format!(
-                "{case_id}/{fact_id}/{}/{}/{}/{}/{}/{}",
-                d.reason.as_str(),
-                d.points,
-                d.exposure_minor,
-                d.currency,
-                d.event_ids.join(","),
-                d.decided_at.timestamp_millis()
-            );
+            let meaning = meaning(case_id, fact_id, d);
             let revision = comp.issued.entry(meaning.clone()).or_insert(0);
             let id = ids::derive(&meaning, "compensation", *revision);
             *revision += 1;
@@ -632,19 +793,50 @@ impl Reconciler {
                 key,
                 action.encode_to_vec(),
             ));
-            comp.outstanding.insert(
-                fact_id.clone(),
-                Outstanding {
-                    action_id: id.to_string(),
-                    reason: d.reason,
-                    exposure_minor: d.exposure_minor,
-                    currency: d.currency.clone(),
-                    points: d.points,
-                    event_ids: d.event_ids.clone(),
-                    decided_at: Some(d.decided_at),
-                },
+            comp.outstanding
+                .insert(fact_id.clone(), Outstanding::of(id.to_string(), d));
+        }
+    }
+
+    /// Judges the touched ledgers, settles their compensations and stages them with their cases.
+    fn settle_ledgers(
+        &mut self,
+        coupons: BTreeMap<String, CouponState>,
+        profiles: BTreeMap<String, ProfileState>,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), Error> {
+        for (code, mut st) in coupons {
+            let case_id = coupon_case_id(&self.report_key, &code);
+            let eval = coupon::evaluate(&st, self.horizon, &case_id);
+            let mut comp = std::mem::take(&mut st.compensations);
+            let subject = mask::mask(&code);
+            if self.learned.outstanding.contains_key(&code) || !self.learned.ever.is_empty() {
+                self.adopt_learned(&mut comp, &eval.desired, &case_id, &code, &subject, out);
+            }
+            self.settle(&mut comp, &eval.desired, &case_id, &code, &subject, out);
+            st.compensations = comp;
+            self.stage_case(&case_id, eval.case.as_ref())?;
+            let value = encode_json("coupon ledger", &st)?;
+            self.staged
+                .insert(format!("{PREFIX_COUPON}{code}").into_bytes(), Some(value));
+        }
+        for (profile, mut st) in profiles {
+            let case_id = profile_case_id(&profile);
+            let eval = loyalty::evaluate(&st, self.horizon, &case_id);
+            let mut comp = std::mem::take(&mut st.compensations);
+            if self.learned.outstanding.contains_key(&profile) || !self.learned.ever.is_empty() {
+                self.adopt_learned(&mut comp, &eval.desired, &case_id, &profile, &profile, out);
+            }
+            self.settle(&mut comp, &eval.desired, &case_id, &profile, &profile, out);
+            st.compensations = comp;
+            self.stage_case(&case_id, eval.case.as_ref())?;
+            let value = encode_json("profile ledger", &st)?;
+            self.staged.insert(
+                format!("{PREFIX_PROFILE}{profile}").into_bytes(),
+                Some(value),
             );
         }
+        Ok(())
     }
 
     fn stage_case(&mut self, case_id: &str, case: Option<&Case>) -> Result<(), Error> {
@@ -685,43 +877,21 @@ impl Processor for Reconciler {
         }
 
         let mut out = Vec::new();
-        for (code, mut st) in coupons {
-            let case_id = coupon_case_id(&self.report_key, &code);
-            let eval = coupon::evaluate(&st, self.horizon, &case_id);
-            let mut comp = std::mem::take(&mut st.compensations);
-            self.settle(
-                &mut comp,
-                &eval.desired,
-                &case_id,
-                &code,
-                &mask::mask(&code),
-                &mut out,
-            );
-            st.compensations = comp;
-            self.stage_case(&case_id, eval.case.as_ref())?;
-            let value = encode_json("coupon ledger", &st)?;
-            self.staged
-                .insert(format!("{PREFIX_COUPON}{code}").into_bytes(), Some(value));
-        }
-        for (profile, mut st) in profiles {
-            let case_id = profile_case_id(&profile);
-            let eval = loyalty::evaluate(&st, self.horizon, &case_id);
-            let mut comp = std::mem::take(&mut st.compensations);
-            self.settle(
-                &mut comp,
-                &eval.desired,
-                &case_id,
-                &profile,
-                &profile,
-                &mut out,
-            );
-            st.compensations = comp;
-            self.stage_case(&case_id, eval.case.as_ref())?;
-            let value = encode_json("profile ledger", &st)?;
-            self.staged.insert(
-                format!("{PREFIX_PROFILE}{profile}").into_bytes(),
-                Some(value),
-            );
+        if self.restoring {
+            for (code, st) in coupons {
+                let value = encode_json("coupon ledger", &st)?;
+                self.staged
+                    .insert(format!("{PREFIX_COUPON}{code}").into_bytes(), Some(value));
+            }
+            for (profile, st) in profiles {
+                let value = encode_json("profile ledger", &st)?;
+                self.staged.insert(
+                    format!("{PREFIX_PROFILE}{profile}").into_bytes(),
+                    Some(value),
+                );
+            }
+        } else {
+            self.settle_ledgers(coupons, profiles, &mut out)?;
         }
         for ((topic, partition), offset) in offsets {
             self.staged.insert(

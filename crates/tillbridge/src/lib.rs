@@ -235,6 +235,112 @@ where
     Ok(read)
 }
 
+/// Brings the reconciler's state up to the topics before its consumer starts. A new, rebuilt or
+/// half-restored state first learns what an earlier life emitted (the compensations topic), then
+/// replays every input to its end at start without emitting, then settles every ledger once
+/// against what was emitted: only the difference goes out, so a wipe followed by a replay ends
+/// with the same outstanding compensations (same ids) as the run that was wiped. An intact
+/// state reads the catalog tables to their end first (see [`preload`]).
+async fn restore_reconciler(
+    transport: &Transport,
+    topics: &tillbridge_core::config::Topics,
+    p: &mut Reconciler,
+    limits: BatchLimits,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if !p.needs_restore()? {
+        preload(
+            "reconciler",
+            transport,
+            &Reconciler::table_topics(topics),
+            p,
+            limits,
+            shutdown,
+        )
+        .await?;
+        return Ok(());
+    }
+    let emitted = read_to_end(transport, &topics.compensations, limits, &shutdown).await?;
+    tracing::info!(
+        compensations = emitted.len(),
+        "reconciler state is new: learning what was emitted, then replaying its inputs"
+    );
+    p.begin_restore(&emitted);
+    let inputs = Reconciler::input_topics(topics);
+    let replayed = preload(
+        "reconciler",
+        transport,
+        &inputs,
+        p,
+        limits,
+        shutdown.clone(),
+    )
+    .await?;
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
+    let out = p.finish_restore()?;
+    tracing::info!(
+        replayed,
+        emitted = out.len(),
+        "reconciler restored; emitting only what changed"
+    );
+    match transport {
+        Transport::Embedded(log) => log.sink().send(out).await?,
+        Transport::Kafka(k) => {
+            let sink = k.sink()?;
+            sink.send(out).await?;
+            sink.flush()?;
+        }
+    }
+    p.commit().await?;
+    Ok(())
+}
+
+/// Every record of `topic` up to its end when called (outside any consumer group).
+async fn read_to_end(
+    transport: &Transport,
+    topic: &str,
+    limits: BatchLimits,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<Record>> {
+    let mut all = Vec::new();
+    match transport {
+        Transport::Embedded(log) => {
+            let group = format!("read-to-end.{topic}");
+            let mut source = log.source_from(&group, &[topic], true)?;
+            loop {
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    b = source.next_batch(limits) => b?,
+                };
+                if batch.is_empty() && source.lag() == Some(0) {
+                    break;
+                }
+                all.extend(batch);
+            }
+        }
+        Transport::Kafka(k) => {
+            let (mut source, ends) = k.table_source(topic)?;
+            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+            while ends
+                .iter()
+                .any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end)
+            {
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    b = source.next_batch(limits) => b?,
+                };
+                for r in &batch {
+                    next.insert(r.partition, r.offset + 1);
+                }
+                all.extend(batch);
+            }
+        }
+    }
+    Ok(all)
+}
+
 fn limits(config: &Config) -> BatchLimits {
     BatchLimits {
         max_records: config.ingest.batch_size,
@@ -533,11 +639,10 @@ pub async fn run(
             &config.reconciler,
         )?;
         let topics = Reconciler::input_topics(&config.topics);
-        let tables = Reconciler::table_topics(&config.topics);
-        let (t, stop) = (transport.clone(), shutdown.clone());
+        let (t, stop, all) = (transport.clone(), shutdown.clone(), config.topics.clone());
         tasks.spawn(async move {
-            let r = match preload("reconciler", &t, &tables, &mut p, limits, stop.clone()).await {
-                Ok(_) => run_stage("reconciler", &t, &topics, &mut p, limits, until, stop).await,
+            let r = match restore_reconciler(&t, &all, &mut p, limits, stop.clone()).await {
+                Ok(()) => run_stage("reconciler", &t, &topics, &mut p, limits, until, stop).await,
                 Err(e) => Err(e),
             };
             ("reconciler", r)

@@ -214,6 +214,7 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
 
     // Wipe the reconciler's state and run it again in the same consumer group, whose offsets
     // are at the end: the new state makes the stage replay its topics from the beginning.
+    let compensations_before = common::read_all(&broker, &config.topics.compensations).len();
     std::fs::remove_dir_all(state.path().join("reconciler")).unwrap();
     let replay = config.clone();
     let reconciler_only = Stages {
@@ -252,4 +253,12 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
         rebuilt, want_report,
         "wiping the state and replaying rebuilds the same report"
     );
+    // The rebuilt stage learned what it had emitted: the same outstanding compensations, and
+    // nothing emitted again.
+    let comps: Vec<Vec<u8>> = common::read_all(&broker, &config.topics.compensations)
+        .into_iter()
+        .map(|g| g.payload)
+        .collect();
+    assert_eq!(outstanding(&comps), want_outstanding);
+    assert_eq!(comps.len(), compensations_before);
 }
