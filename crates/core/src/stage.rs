@@ -63,6 +63,20 @@ pub struct StageStats {
     pub send_retries: u64,
 }
 
+/// Counts output records a stage made durable, per topic
+/// (`tillbridge_records_produced_total`).
+pub fn count_produced(stage: &str, outputs: &[OutRecord]) {
+    let mut per_topic: std::collections::BTreeMap<&str, u64> = Default::default();
+    for o in outputs {
+        *per_topic.entry(o.topic.as_str()).or_default() += 1;
+    }
+    for (topic, n) in per_topic {
+        crate::metrics::RECORDS_PRODUCED
+            .with_label_values(&[stage, topic])
+            .inc_by(n);
+    }
+}
+
 /// Runs `processor` over `source` into `sink` until `until`.
 pub async fn run<S, K, P>(
     name: &'static str,
@@ -123,15 +137,7 @@ where
             crate::metrics::RECORDS_CONSUMED
                 .with_label_values(&[name])
                 .inc_by(batch.len() as u64);
-            let mut per_topic: std::collections::BTreeMap<&str, u64> = Default::default();
-            for o in &outputs {
-                *per_topic.entry(o.topic.as_str()).or_default() += 1;
-            }
-            for (topic, n) in per_topic {
-                crate::metrics::RECORDS_PRODUCED
-                    .with_label_values(&[name, topic])
-                    .inc_by(n);
-            }
+            count_produced(name, &outputs);
             if let Some(lag) = source.lag() {
                 crate::metrics::CONSUMER_LAG
                     .with_label_values(&[name, "all", "all"])

@@ -176,13 +176,15 @@ where
     P: Processor,
 {
     async fn apply<P: Processor, K: Sink>(
+        name: &str,
         processor: &mut P,
         sink: &K,
         batch: &[Record],
     ) -> anyhow::Result<()> {
         let outputs = processor.process(batch)?;
-        sink.send(outputs).await?;
+        sink.send(outputs.clone()).await?;
         processor.commit().await?;
+        stage::count_produced(name, &outputs);
         Ok(())
     }
     let mut read = 0u64;
@@ -203,7 +205,7 @@ where
                     continue;
                 }
                 read += batch.len() as u64;
-                apply(processor, &sink, &batch).await?;
+                apply(name, processor, &sink, &batch).await?;
             }
         }
         Transport::Kafka(k) => {
@@ -224,7 +226,7 @@ where
                     }
                     read += batch.len() as u64;
                     if !batch.is_empty() {
-                        apply(processor, &sink, &batch).await?;
+                        apply(name, processor, &sink, &batch).await?;
                     }
                 }
             }
@@ -286,14 +288,15 @@ async fn restore_reconciler(
         "reconciler restored; emitting only what changed"
     );
     match transport {
-        Transport::Embedded(log) => log.sink().send(out).await?,
+        Transport::Embedded(log) => log.sink().send(out.clone()).await?,
         Transport::Kafka(k) => {
             let sink = k.sink()?;
-            sink.send(out).await?;
+            sink.send(out.clone()).await?;
             sink.flush()?;
         }
     }
     p.commit().await?;
+    stage::count_produced("reconciler", &out);
     Ok(())
 }
 
