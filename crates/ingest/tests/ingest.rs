@@ -236,3 +236,33 @@ async fn sequence_gaps_are_tracked_per_till() {
     assert_eq!(gaps["S1/T1"].highest, 5);
     assert_eq!(gaps["S1/T1"].missing, vec![4]);
 }
+
+#[tokio::test]
+async fn the_same_uuid_in_another_textual_form_is_a_duplicate_not_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ing = Ingest::open(dir.path(), Topics::default(), IngestConfig::default()).unwrap();
+    let e = event(0xABCD_EF01, 1, T0);
+    let canonical = e.event_id.clone();
+    let mut batch = vec![record(0, e.encode_to_vec(), T0)];
+    for (i, form) in [
+        canonical.to_uppercase(),
+        format!("{{{canonical}}}"),
+        format!("urn:uuid:{canonical}"),
+        canonical.replace('-', ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut resent = e.clone();
+        resent.event_id = form;
+        batch.push(record(i as i64 + 1, resent.encode_to_vec(), T0));
+    }
+    let out = ing.process(&batch).unwrap();
+    assert!(reasons(&out).is_empty(), "{:?}", reasons(&out));
+    assert_eq!(
+        ing.stats()
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+}

@@ -41,9 +41,16 @@ fn ident(field: &str, s: &str) -> Result<String, Rejection> {
     Ok(s)
 }
 
+/// The largest amount (minor units) or points figure one field may carry: 12 digits, so that a
+/// sum of many stays far from overflow and no accepted amount can be a card number.
+pub const MAX_AMOUNT: i64 = 999_999_999_999;
+
 fn non_negative(field: &str, v: i64) -> Result<i64, Rejection> {
     if v < 0 {
         return Err(Rejection::invalid(field, "must not be negative"));
+    }
+    if v > MAX_AMOUNT {
+        return Err(Rejection::invalid(field, "must be at most 999999999999"));
     }
     Ok(v)
 }
@@ -272,11 +279,18 @@ fn sale(s: &pb::Sale) -> Result<Sale, Rejection> {
             points_redeemed: non_negative("sale.loyalty.points_redeemed", l.points_redeemed)?,
         }),
     };
+    if computed < 0 {
+        return Err(Rejection::invalid(
+            "sale.coupons",
+            "discounts exceed the lines: the total would be negative",
+        ));
+    }
     if let Some(total) = s.total_minor {
+        // The given value is not echoed: it is free input and could be anything.
         if total != computed {
             return Err(Rejection::new(
                 RejectReason::InconsistentTotal,
-                format!("sale.total_minor is {total}, lines and coupons give {computed}"),
+                "sale.total_minor differs from the sum of its lines and coupons",
             ));
         }
     }
@@ -312,7 +326,7 @@ fn ret(r: &pb::Return) -> Result<Return, Rejection> {
     if !lines.is_empty() && sum != refund_minor {
         return Err(Rejection::new(
             RejectReason::InconsistentTotal,
-            format!("return.refund_minor is {refund_minor}, its lines give {sum}"),
+            "return.refund_minor differs from the sum of its lines",
         ));
     }
     Ok(Return {

@@ -184,5 +184,14 @@ names!(
 /// The content fingerprint used for deduplication: SHA-256 of the canonical protobuf encoding,
 /// so the same event sent once as JSON and once as protobuf has the same fingerprint.
 pub fn content_hash(event: &pb::TillEvent) -> [u8; 32] {
-    Sha256::digest(event.encode_to_vec()).into()
+    // The id in its canonical form: the same UUID written upper case, braced, as a URN or
+    // without dashes is the same event.
+    match uuid::Uuid::parse_str(event.event_id.trim()) {
+        Ok(id) if id.to_string() != event.event_id => {
+            let mut canonical = event.clone();
+            canonical.event_id = id.to_string();
+            Sha256::digest(canonical.encode_to_vec()).into()
+        }
+        _ => Sha256::digest(event.encode_to_vec()).into(),
+    }
 }

@@ -274,3 +274,27 @@ fn numeric_session_ids_are_not_card_data_but_a_pan_beside_them_is() {
         RejectReason::CardData
     );
 }
+
+#[test]
+fn amounts_are_bounded_totals_never_negative_and_never_echoed() {
+    let huge = SALE.replace(
+        "\"discountMinor\":\"250\"",
+        "\"discountMinor\":\"4611686018427387904\"",
+    );
+    assert_eq!(
+        reject(&huge),
+        RejectReason::InvalidField,
+        "2^62 is no amount"
+    );
+    let negative = SALE
+        .replace("\"discountMinor\":\"250\"", "\"discountMinor\":\"5000\"")
+        .replace("\"totalMinor\":1750", "\"totalMinor\":-3000");
+    assert_eq!(reject(&negative), RejectReason::InvalidField);
+    // A card number in a string-encoded total is refused without being echoed.
+    let pan_total = SALE.replace("\"totalMinor\":1750", "\"totalMinor\":\"4111111111111111\"");
+    let r = decode_till_event(pan_total.as_bytes(), None)
+        .and_then(|e| validate(&e))
+        .unwrap_err();
+    assert!(!r.detail.contains("4111"), "{}", r.detail);
+    assert!(!tillbridge_core::pan::contains(&r.detail));
+}

@@ -323,7 +323,10 @@ fn build_case(
     for r in order {
         if let Some(Verdict::Violation(reason)) = verdicts.get(r.id.as_str()) {
             reasons.insert(*reason);
-            *exposure.entry(r.currency.clone()).or_default() += r.discount_minor;
+            {
+                let t = exposure.entry(r.currency.clone()).or_default();
+                *t = t.saturating_add(r.discount_minor);
+            }
             flagged.push((r, *reason));
         }
     }

@@ -166,9 +166,12 @@ impl Report {
                 .entry(c.kind.as_str().to_owned())
                 .or_default() += 1;
             for (cur, v) in &c.exposure {
-                *totals.exposure.entry(cur.clone()).or_default() += v;
+                {
+                    let t = totals.exposure.entry(cur.clone()).or_default();
+                    *t = t.saturating_add(*v);
+                }
             }
-            totals.deficit_points += c.deficit_points;
+            totals.deficit_points = totals.deficit_points.saturating_add(c.deficit_points);
             let flagged: std::collections::BTreeSet<&str> =
                 c.flagged.iter().map(String::as_str).collect();
             for e in &c.timeline {
@@ -184,9 +187,12 @@ impl Report {
                     });
                     b.violations += 1;
                     if c.subject_type == SubjectType::Coupon {
-                        *b.exposure.entry(e.currency.clone()).or_default() += e.amount_minor;
+                        {
+                            let t = b.exposure.entry(e.currency.clone()).or_default();
+                            *t = t.saturating_add(e.amount_minor);
+                        }
                     } else {
-                        b.deficit_points += e.clawback_points;
+                        b.deficit_points = b.deficit_points.saturating_add(e.clawback_points);
                     }
                 }
             }
