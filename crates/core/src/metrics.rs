@@ -47,6 +47,14 @@ pub static SEND_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["stage"],
     )
 });
+/// Transient consumer or commit errors a stage waited out.
+pub static CONSUMER_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_consumer_retries_total",
+        "Transient consumer or offset-commit errors a stage waited out and retried.",
+        &["stage"],
+    )
+});
 /// Till events accepted by ingest.
 pub static EVENTS_ACCEPTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(

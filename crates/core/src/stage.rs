@@ -95,6 +95,7 @@ where
     let span = tracing::info_span!("stage", stage = name);
     async move {
         let mut stats = StageStats::default();
+        let mut consumer_backoff = RETRY_BACKOFF_FIRST;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -102,7 +103,28 @@ where
             }
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                b = source.next_batch(limits) => b?,
+                b = source.next_batch(limits) => b,
+            };
+            let batch = match batch {
+                Ok(batch) => {
+                    consumer_backoff = RETRY_BACKOFF_FIRST;
+                    batch
+                }
+                // The broker is down or restarting, or the group is rebalancing: the client
+                // reconnects by itself; wait, count, and poll again. Nothing was processed.
+                Err(e) if e.is_retryable() => {
+                    crate::metrics::CONSUMER_RETRIES
+                        .with_label_values(&[name])
+                        .inc();
+                    tracing::warn!(error = %e, backoff = ?consumer_backoff, "consumer error, retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(consumer_backoff) => {}
+                    }
+                    consumer_backoff = (consumer_backoff * 2).min(RETRY_BACKOFF_MAX);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             };
             if batch.is_empty() {
                 if until == Until::Idle && source.lag() == Some(0) {
@@ -133,7 +155,25 @@ where
                 }
             }
             processor.commit().await?;
-            source.ack(&last_positions(&batch)).await?;
+            let positions = last_positions(&batch);
+            let mut backoff = RETRY_BACKOFF_FIRST;
+            loop {
+                match source.ack(&positions).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_retryable() => {
+                        crate::metrics::CONSUMER_RETRIES
+                            .with_label_values(&[name])
+                            .inc();
+                        tracing::warn!(error = %e, ?backoff, "storing offsets failed, retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(stats),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             crate::metrics::RECORDS_CONSUMED
                 .with_label_values(&[name])
                 .inc_by(batch.len() as u64);

@@ -352,6 +352,14 @@ impl Source for KafkaSource {
                 tracing::warn!(group = %self.group, "paused past max.poll.interval.ms; rejoining");
                 return Ok(out);
             }
+            // librdkafka recovers from every consumer error but a fatal one by itself (it
+            // reconnects, rejoins, refetches): those are transient for the stage.
+            Ok(Err(KafkaError::MessageConsumption(code))) if code != RDKafkaErrorCode::Fatal => {
+                return Err(Error::BrokerUnavailable(format!(
+                    "consumer error in group {}: {code}",
+                    self.group
+                )))
+            }
             Ok(Err(e)) => return Err(kafka_err(e)),
             Ok(Ok(m)) => Self::owned(&m),
         };

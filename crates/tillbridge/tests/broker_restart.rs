@@ -1,0 +1,133 @@
+//! The process outlives the broker: a broker of this test's own, killed (SIGKILL) while ingest
+//! runs and started again on the same port and data directory after a few seconds. Ingest waits
+//! the outage out (consumer errors are retried, not fatal) and every event, from before and after
+//! the restart, reaches `promo.sessions` with no id lost.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tillbridge::{Stages, Transport};
+use tokio_util::sync::CancellationToken;
+
+fn broker_script(action: &str, dir: &Path) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/test-broker.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(action)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "test-broker.sh {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Stops the test's broker whatever happens to the test.
+struct OwnBroker(std::path::PathBuf);
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../scripts/test-broker.sh"
+            ))
+            .arg("kill")
+            .arg(&self.0)
+            .output();
+    }
+}
+
+fn event_ids(got: &[common::Got]) -> BTreeSet<Vec<u8>> {
+    got.iter()
+        .filter_map(|g| g.headers.get("tillbridge-event-id").cloned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_waits_out_a_broker_restart_and_loses_nothing() {
+    // The shared broker's presence says the broker's jars are installed; this test runs its own.
+    if common::broker().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker_dir = dir.path().join("broker");
+    let broker = broker_script("start", &broker_dir);
+    let _guard = OwnBroker(broker_dir.clone());
+    let state = tempfile::tempdir().unwrap();
+    let config = common::config(&broker, state.path()).await;
+    let (sent, events) = common::good_events(400, 16, 21);
+    let want: BTreeSet<Vec<u8>> = events
+        .iter()
+        .map(|e| e.event_id.clone().into_bytes())
+        .collect();
+
+    let shutdown = CancellationToken::new();
+    let transport = Transport::from_config(&config).unwrap();
+    let mut run = {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        let ingest = Stages {
+            ingest: true,
+            ..Stages::default()
+        };
+        tokio::spawn(
+            async move { tillbridge::run(&config, &transport, ingest, false, shutdown).await },
+        )
+    };
+
+    let producer = common::producer(&broker);
+    common::produce_sent(&producer, &config.topics.till_events, &sent[..200]).await;
+    let (b, sessions) = (broker.clone(), config.topics.sessions.clone());
+    tokio::task::spawn_blocking(move || {
+        common::read_until(&b, &sessions, Duration::from_secs(120), |g| {
+            event_ids(g).len() >= 200
+        })
+    })
+    .await
+    .unwrap();
+
+    // The outage: the broker dies, stays down for a few seconds, and comes back on its port
+    // with its data.
+    broker_script("kill", &broker_dir);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !run.is_finished(),
+        "ingest stopped while the broker was down: {:?}",
+        (&mut run).await
+    );
+    assert_eq!(broker_script("start", &broker_dir), broker, "same address");
+
+    let producer = common::producer(&broker);
+    common::produce_sent(&producer, &config.topics.till_events, &sent[200..]).await;
+    let (b, sessions) = (broker.clone(), config.topics.sessions.clone());
+    let want_all = want.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        common::read_until(&b, &sessions, Duration::from_secs(180), |g| {
+            event_ids(g) == want_all
+        })
+    })
+    .await
+    .unwrap();
+    assert!(!run.is_finished(), "ingest stopped after the restart");
+    assert_eq!(event_ids(&got), want, "every event once on promo.sessions");
+    let retries = tillbridge_core::metrics::CONSUMER_RETRIES
+        .with_label_values(&["ingest"])
+        .get();
+    println!(
+        "{} events, {} session records, {} consumer errors waited out",
+        want.len(),
+        got.len(),
+        retries
+    );
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
