@@ -117,16 +117,12 @@ impl KafkaLog {
             })
             .map_err(kafka_err)?;
         let timeout = Duration::from_secs(10);
-        let md = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(kafka_err)?;
+        let md = settled(|| consumer.fetch_metadata(Some(topic), timeout))?;
         let mut tpl = TopicPartitionList::new();
         let mut ends = BTreeMap::new();
         for t in md.topics() {
             for p in t.partitions() {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, p.id(), timeout)
-                    .map_err(kafka_err)?;
+                let (low, high) = settled(|| consumer.fetch_watermarks(topic, p.id(), timeout))?;
                 // A partition compacted or deleted down to nothing has nothing to wait for.
                 if high > low {
                     ends.insert(p.id(), high);
@@ -153,7 +149,8 @@ impl KafkaLog {
         self.apply_properties(&mut c);
         let producer: FutureProducer = c.create().map_err(kafka_err)?;
         Ok(KafkaSink {
-            producer,
+            producer: std::sync::Arc::new(std::sync::Mutex::new(producer)),
+            config: c,
             timeout: self.config.delivery_timeout,
         })
     }
@@ -161,9 +158,7 @@ impl KafkaLog {
     /// Number of partitions of `topic`.
     pub fn partition_count(&self, topic: &str) -> Result<usize> {
         let c: BaseConsumer = self.base().create().map_err(kafka_err)?;
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(kafka_err)?;
+        let md = settled(|| c.fetch_metadata(Some(topic), Duration::from_secs(10)))?;
         Ok(md.topics().iter().map(|t| t.partitions().len()).sum())
     }
 
@@ -200,14 +195,10 @@ fn reset_to_beginning<C: ConsumerContext>(
     let timeout = Duration::from_secs(10);
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(kafka_err)?;
+        let md = settled(|| consumer.fetch_metadata(Some(topic), timeout))?;
         for t in md.topics() {
             for p in t.partitions() {
-                let (low, _) = consumer
-                    .fetch_watermarks(topic, p.id(), timeout)
-                    .map_err(kafka_err)?;
+                let (low, _) = settled(|| consumer.fetch_watermarks(topic, p.id(), timeout))?;
                 tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
                     .map_err(kafka_err)?;
             }
@@ -217,6 +208,26 @@ fn reset_to_beginning<C: ConsumerContext>(
         consumer.commit(&tpl, CommitMode::Sync).map_err(kafka_err)?;
     }
     Ok(())
+}
+
+/// How long a start-up metadata or watermark call keeps retrying while the cluster settles (a
+/// topic just created has no leader yet, a broker is restarting).
+const SETTLE_FOR: Duration = Duration::from_secs(30);
+const SETTLE_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Runs a blocking admin-style call, retrying transient errors (no leader yet, broker not
+/// reachable) for up to [`SETTLE_FOR`].
+fn settled<T>(mut call: impl FnMut() -> std::result::Result<T, KafkaError>) -> Result<T> {
+    let start = std::time::Instant::now();
+    loop {
+        match call().map_err(kafka_err) {
+            Err(e) if e.is_retryable() && start.elapsed() < SETTLE_FOR => {
+                tracing::info!(error = %e, "cluster not settled yet, retrying");
+                std::thread::sleep(SETTLE_BACKOFF);
+            }
+            other => return other,
+        }
+    }
 }
 
 fn kafka_err(e: KafkaError) -> Error {
@@ -439,7 +450,9 @@ impl Drop for KafkaSource {
 /// An idempotent producer that reports success only for acknowledged records.
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: FutureProducer,
+    /// Replaced by a new producer after a fatal error (see [`KafkaSink::send`]).
+    producer: std::sync::Arc<std::sync::Mutex<FutureProducer>>,
+    config: ClientConfig,
     timeout: Duration,
 }
 
@@ -450,14 +463,40 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 impl KafkaSink {
+    fn producer(&self) -> FutureProducer {
+        match self.producer.lock() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// Flushes queued records; a timeout is an error (dropping a producer purges its queue).
     pub fn flush(&self) -> Result<()> {
-        self.producer.flush(self.timeout).map_err(kafka_err)
+        self.producer().flush(self.timeout).map_err(kafka_err)
+    }
+
+    /// After a fatal error (an idempotent producer whose sequence the broker lost, for example
+    /// after a broker crash) a producer instance is unusable (librdkafka's rule): it is replaced
+    /// by a new one, so the stage's retry of the batch can succeed. Records of the batch that the
+    /// old producer did write are written again, with the same ids and content.
+    fn replace_if_fatal(&self) {
+        let Some((code, reason)) = self.producer().client().fatal_error() else {
+            return;
+        };
+        tracing::error!(%code, %reason, "producer hit a fatal error; creating a new one");
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => match self.producer.lock() {
+                Ok(mut p) => *p = fresh,
+                Err(poisoned) => *poisoned.into_inner() = fresh,
+            },
+            Err(e) => tracing::error!(error = %e, "could not create a new producer"),
+        }
     }
 }
 
 impl Sink for KafkaSink {
     async fn send(&self, records: Vec<OutRecord>) -> Result<()> {
+        let producer = self.producer();
         let mut pending = Vec::with_capacity(records.len());
         for r in &records {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
@@ -476,7 +515,7 @@ impl Sink for KafkaSink {
             if let Some(ts) = r.timestamp_ms {
                 fr = fr.timestamp(ts);
             }
-            pending.push(self.producer.send(fr, self.timeout));
+            pending.push(producer.send(fr, self.timeout));
         }
         let results = join_all(pending).await;
         let mut failed = 0usize;
@@ -488,6 +527,7 @@ impl Sink for KafkaSink {
             }
         }
         if failed > 0 {
+            self.replace_if_fatal();
             return Err(Error::Delivery {
                 topic: records.first().map(|r| r.topic.clone()).unwrap_or_default(),
                 reason: format!(
