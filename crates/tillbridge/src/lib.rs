@@ -160,6 +160,64 @@ where
     }
 }
 
+/// Reads topics from their beginning up to their end as it stands at the start, outside any
+/// consumer group (the embedded log: from the beginning until no lag is left).
+enum TableReader {
+    Embedded(tillbridge_core::log::EmbeddedSource),
+    Kafka {
+        /// One reader per topic, with the end of each partition; read one after the other.
+        topics: Vec<(tillbridge_core::log::KafkaSource, BTreeMap<i32, i64>)>,
+        /// The next offset of each partition of the topic being read.
+        next: BTreeMap<i32, i64>,
+    },
+}
+
+impl TableReader {
+    fn new(transport: &Transport, reader: &str, topics: &[String]) -> anyhow::Result<Self> {
+        Ok(match transport {
+            Transport::Embedded(log) => {
+                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+                TableReader::Embedded(log.source_from(reader, &topics, true)?)
+            }
+            Transport::Kafka(k) => TableReader::Kafka {
+                topics: topics
+                    .iter()
+                    .map(|t| k.table_source(t))
+                    .collect::<Result<_, _>>()?,
+                next: BTreeMap::new(),
+            },
+        })
+    }
+
+    /// The next batch (possibly empty), or `None` once every topic was read to its end.
+    async fn next(&mut self, limits: BatchLimits) -> anyhow::Result<Option<Vec<Record>>> {
+        match self {
+            TableReader::Embedded(source) => {
+                let batch = source.next_batch(limits).await?;
+                Ok((!batch.is_empty() || source.lag() != Some(0)).then_some(batch))
+            }
+            TableReader::Kafka { topics, next } => loop {
+                let Some((source, ends)) = topics.first_mut() else {
+                    return Ok(None);
+                };
+                if ends
+                    .iter()
+                    .all(|(p, end)| next.get(p).copied().unwrap_or(0) >= *end)
+                {
+                    topics.remove(0);
+                    next.clear();
+                    continue;
+                }
+                let batch = source.next_batch(limits).await?;
+                for r in &batch {
+                    next.insert(r.partition, r.offset + 1);
+                }
+                return Ok(Some(batch));
+            },
+        }
+    }
+}
+
 /// Reads the compacted `tables` from their beginning up to their end at start through
 /// `processor`, making each batch's outputs and state durable, before the stage's own loop
 /// starts: the stage then judges its facts against the whole table, whatever their order on the
@@ -187,51 +245,30 @@ where
         stage::count_produced(name, &outputs);
         Ok(())
     }
+    let mut reader = TableReader::new(transport, &format!("{name}.preload"), tables)?;
+    let (embedded_sink, kafka_sink) = match transport {
+        Transport::Embedded(log) => (Some(log.sink()), None),
+        Transport::Kafka(k) => (None, Some(k.sink()?)),
+    };
     let mut read = 0u64;
-    match transport {
-        Transport::Embedded(log) => {
-            let topics: Vec<&str> = tables.iter().map(String::as_str).collect();
-            let mut source = log.source_from(&format!("{name}.preload"), &topics, true)?;
-            let sink = log.sink();
-            loop {
-                let batch = tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(read),
-                    b = source.next_batch(limits) => b?,
-                };
-                if batch.is_empty() {
-                    if source.lag() == Some(0) {
-                        break;
-                    }
-                    continue;
-                }
-                read += batch.len() as u64;
-                apply(name, processor, &sink, &batch).await?;
-            }
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(read),
+            b = reader.next(limits) => b?,
+        };
+        let Some(batch) = batch else { break };
+        if batch.is_empty() {
+            continue;
         }
-        Transport::Kafka(k) => {
-            let sink = k.sink()?;
-            for table in tables {
-                let (mut source, ends) = k.table_source(table)?;
-                let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-                while ends
-                    .iter()
-                    .any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end)
-                {
-                    let batch = tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(read),
-                        b = source.next_batch(limits) => b?,
-                    };
-                    for r in &batch {
-                        next.insert(r.partition, r.offset + 1);
-                    }
-                    read += batch.len() as u64;
-                    if !batch.is_empty() {
-                        apply(name, processor, &sink, &batch).await?;
-                    }
-                }
-            }
-            sink.flush()?;
+        read += batch.len() as u64;
+        if let Some(sink) = &kafka_sink {
+            apply(name, processor, sink, &batch).await?;
+        } else if let Some(sink) = &embedded_sink {
+            apply(name, processor, sink, &batch).await?;
         }
+    }
+    if let Some(sink) = &kafka_sink {
+        sink.flush()?;
     }
     tracing::info!(stage = name, records = read, "tables read to their end");
     Ok(read)
@@ -307,38 +344,20 @@ async fn read_to_end(
     limits: BatchLimits,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<Record>> {
+    let mut reader = TableReader::new(
+        transport,
+        &format!("read-to-end.{topic}"),
+        &[topic.to_owned()],
+    )?;
     let mut all = Vec::new();
-    match transport {
-        Transport::Embedded(log) => {
-            let group = format!("read-to-end.{topic}");
-            let mut source = log.source_from(&group, &[topic], true)?;
-            loop {
-                let batch = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    b = source.next_batch(limits) => b?,
-                };
-                if batch.is_empty() && source.lag() == Some(0) {
-                    break;
-                }
-                all.extend(batch);
-            }
-        }
-        Transport::Kafka(k) => {
-            let (mut source, ends) = k.table_source(topic)?;
-            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-            while ends
-                .iter()
-                .any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end)
-            {
-                let batch = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    b = source.next_batch(limits) => b?,
-                };
-                for r in &batch {
-                    next.insert(r.partition, r.offset + 1);
-                }
-                all.extend(batch);
-            }
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            b = reader.next(limits) => b?,
+        };
+        match batch {
+            Some(batch) => all.extend(batch),
+            None => break,
         }
     }
     Ok(all)
