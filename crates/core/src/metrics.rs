@@ -47,11 +47,11 @@ pub static SEND_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["stage"],
     )
 });
-/// Transient consumer or commit errors a stage waited out.
+/// Transient consumer errors a stage polled through, and offset stores it retried.
 pub static CONSUMER_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "tillbridge_consumer_retries_total",
-        "Transient consumer or offset-commit errors a stage waited out and retried.",
+        "Transient consumer errors a stage polled through and offset stores it retried.",
         &["stage"],
     )
 });

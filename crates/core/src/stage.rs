@@ -95,7 +95,6 @@ where
     let span = tracing::info_span!("stage", stage = name);
     async move {
         let mut stats = StageStats::default();
-        let mut consumer_backoff = RETRY_BACKOFF_FIRST;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -106,22 +105,16 @@ where
                 b = source.next_batch(limits) => b,
             };
             let batch = match batch {
-                Ok(batch) => {
-                    consumer_backoff = RETRY_BACKOFF_FIRST;
-                    batch
-                }
-                // The broker is down or restarting, or the group is rebalancing: the client
-                // reconnects by itself; wait, count, and poll again. Nothing was processed.
+                Ok(batch) => batch,
+                // The broker is down or restarting, or the group is rebalancing: librdkafka
+                // reconnects and rejoins by itself and reports each step as an error event in
+                // the consumer's queue. They are counted and the stage polls on at once: sleeping
+                // per event would leave records waiting behind a queue of stale errors.
                 Err(e) if e.is_retryable() => {
                     crate::metrics::CONSUMER_RETRIES
                         .with_label_values(&[name])
                         .inc();
-                    tracing::warn!(error = %e, backoff = ?consumer_backoff, "consumer error, retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(consumer_backoff) => {}
-                    }
-                    consumer_backoff = (consumer_backoff * 2).min(RETRY_BACKOFF_MAX);
+                    tracing::warn!(error = %e, "consumer error; the client recovers, polling on");
                     continue;
                 }
                 Err(e) => return Err(e.into()),

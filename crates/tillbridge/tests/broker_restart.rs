@@ -1,6 +1,6 @@
 //! The process outlives the broker: a broker of this test's own, killed (SIGKILL) while ingest
-//! runs and started again on the same port and data directory after a few seconds. Ingest waits
-//! the outage out (consumer errors are retried, not fatal) and every event, from before and after
+//! runs and started again on the same port and data directory after a few seconds. Ingest polls
+//! on through the outage (consumer errors are counted, not fatal) and every event, from before and after
 //! the restart, reaches `promo.sessions` with no id lost.
 
 #![allow(clippy::unwrap_used)]
@@ -139,7 +139,7 @@ async fn ingest_waits_out_a_broker_restart_and_loses_nothing() {
         .with_label_values(&["ingest"])
         .get();
     println!(
-        "{} events, {} session records, {} consumer errors waited out",
+        "{} events, {} session records, {} consumer errors polled through",
         want.len(),
         got.len(),
         retries
