@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::log::{BatchLimits, OutRecord, Position, Record, Sink, Source};
+use crate::log::{BatchLimits, Order, OutRecord, Position, Record, Sink, Source};
 
 /// First and largest pause between retries of a failed send.
 const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -30,6 +30,13 @@ pub trait Processor: Send {
 
     /// Persists the staged state changes; called once the batch's outputs are durable.
     fn commit(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The order in which the processor needs records of different partitions. A processor
+    /// whose rules span partitions asks for [`Order::RecordTime`], so that what it computes
+    /// does not depend on fetch timing.
+    fn order(&self) -> Order {
+        Order::Arrival
+    }
 
     /// Whether the processor's state starts empty (new or rebuilt after damage), so that its
     /// inputs must be read from the beginning to rebuild it.

@@ -25,6 +25,10 @@ const MAX_PENDING_RETURNS_PER_SESSION: usize = 16;
 const MAX_EXPOSURE_CANDIDATES: usize = 64;
 /// Most window starts tried when a redemption or override lands in a busy sliding window.
 const MAX_WINDOW_STARTS: usize = 64;
+/// How far the horizon moves between two expiries. Expiry runs at fixed points of the event
+/// sequence (when the horizon has moved this far), never at batch ends, because it folds old
+/// offline value into `carried` and so changes what later evidence lists.
+const EXPIRY_STEP_MS: i64 = 10 * 60 * 1000;
 
 fn ms_of(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -155,6 +159,9 @@ pub(crate) struct State {
     alerted: BTreeMap<String, Vec<i64>>,
     /// SEQUENCE_GAP's own state, kept on `till.events` (see `gaps`).
     gaps: GapState,
+    /// The horizon of the last expiry.
+    #[serde(default)]
+    expired_at: Option<i64>,
 }
 
 impl State {
@@ -329,10 +336,21 @@ impl Engine {
             Body::TillStatus(_) => {}
         }
         self.state.watermark_ms = Some(wm.map_or(ms, |w| w.max(ms)));
-        triggers
+        let alerts = triggers
             .into_iter()
             .filter_map(|t| self.emit(t, wm))
-            .collect()
+            .collect();
+        if let Some(h) = self.horizon() {
+            if self
+                .state
+                .expired_at
+                .is_none_or(|e| h.saturating_sub(e) >= EXPIRY_STEP_MS)
+            {
+                self.expire(h);
+                self.state.expired_at = Some(h);
+            }
+        }
+        alerts
     }
 
     /// Turns a trigger into an alert, unless an alert of the same rule and subject starts within
@@ -701,11 +719,8 @@ impl Engine {
         })
     }
 
-    /// Drops everything that can no longer matter (its window ends before the horizon).
-    pub(crate) fn expire(&mut self) {
-        let Some(horizon) = self.horizon() else {
-            return;
-        };
+    /// Drops everything that can no longer matter (its window ends before `horizon`).
+    fn expire(&mut self, horizon: i64) {
         let s = &mut self.state;
         s.seen.retain(|_, ms| *ms >= horizon);
         let vel = ms_of(self.cfg.coupon_velocity.window);

@@ -1,11 +1,10 @@
 //! The fraud-guard stage: streaming fraud rules over accepted till events, with alerts and a risk
 //! score. The reconciler settles what happened; fraud-guard warns while it is happening.
 //!
-//! It reads `promo.sessions` (every accepted, deduplicated till event as a protobuf
-//! `TillEvent`; the record timestamp is the one of the original till record), and
-//! `till.events` for SEQUENCE_GAP alone (each till's events in the order it synced them), and
-//! writes
-//! `FraudAlert`s to `tillbridge.alerts`, keyed by store id. Rules, all in event time
+//! It reads `till.events`, what the tills sent, in record-time order across partitions (see
+//! [`Order::RecordTime`](tillbridge_core::log::Order)), decodes and validates each event as
+//! ingest does and judges each event id once; it writes `FraudAlert`s to `tillbridge.alerts`,
+//! keyed by store id. Rules, all in event time
 //! (`occurred_at`), each with its own switch, thresholds, window and weight in
 //! [`FraudGuardConfig`]:
 //!
@@ -38,7 +37,12 @@
 //! ```
 //!
 //! State is bounded by `max_lateness` (default 72 h): events further behind the newest event
-//! time are counted and skipped, and every window that ends before that horizon is dropped.
+//! time are counted and skipped, and every window that ends before that horizon is dropped
+//! (each time the horizon has moved 10 minutes, at that point of the event sequence).
+//!
+//! Because the input order is a function of the topic's contents, so is every alert: the same
+//! records give the same alerts (ids and content, `late` included) live, as a backlog, after a
+//! wipe and replay, for any batch size and on either transport.
 //!
 //! Parts: [`FraudGuard`] (the [`Processor`](tillbridge_core::stage::Processor), with the
 //! delivery guarantee on its docs), [`FraudGuardConfig`] and one sub-struct per rule,
@@ -82,5 +86,5 @@ impl Error {
 
 /// The topics the stage reads.
 pub fn input_topics(topics: &Topics) -> Vec<String> {
-    vec![topics.sessions.clone(), topics.till_events.clone()]
+    vec![topics.till_events.clone()]
 }

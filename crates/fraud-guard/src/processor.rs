@@ -5,7 +5,7 @@ use std::path::Path;
 
 use prost::Message;
 use tillbridge_core::config::Topics;
-use tillbridge_core::log::{OutRecord, Record};
+use tillbridge_core::log::{Order, OutRecord, Record};
 use tillbridge_core::stage::Processor;
 use tillbridge_core::store::StateStore;
 use tillbridge_proto::pb;
@@ -16,7 +16,7 @@ use crate::engine::{Admission, Engine, State};
 use crate::Error;
 
 /// Layout version of the state; a store of another layout is rebuilt from the topics.
-const STATE_FORMAT: &str = "fraud-guard-v2";
+const STATE_FORMAT: &str = "fraud-guard-v3";
 /// The sled key holding the whole state together with the offsets it reflects.
 const STATE_KEY: &[u8] = b"state";
 /// Content type of the alerts written.
@@ -31,7 +31,7 @@ pub struct FraudGuardStats {
     pub replayed: u64,
     /// Events whose id was already judged (at-least-once duplicates), skipped.
     pub duplicates: u64,
-    /// Records that are not a valid till event, skipped with a warning.
+    /// Records that are not a valid till event (ingest dead-letters them), skipped.
     pub malformed: u64,
     /// Events older than the newest event time minus `max_lateness`, skipped.
     pub too_late: u64,
@@ -131,17 +131,17 @@ impl FraudGuard {
             self.malformed(rec, "tombstone");
             return Vec::new();
         };
-        let raw = match pb::TillEvent::decode(payload) {
+        let raw = match tillbridge_proto::decode_till_event(payload, rec.header("content-type")) {
             Ok(raw) => raw,
-            Err(e) => {
-                self.malformed(rec, &format!("invalid protobuf: {e}"));
+            Err(r) => {
+                self.malformed(rec, r.reason.code());
                 return Vec::new();
             }
         };
         let ev = match tillbridge_proto::validate(&raw) {
             Ok(ev) => ev,
             Err(r) => {
-                self.malformed(rec, &r.to_string());
+                self.malformed(rec, r.reason.code());
                 return Vec::new();
             }
         };
@@ -160,10 +160,12 @@ impl FraudGuard {
         }
     }
 
-    fn malformed(&mut self, rec: &Record, why: &str) {
+    /// A record ingest dead-letters: counted and skipped (its reason is logged, never its
+    /// content, which may hold card data).
+    fn malformed(&mut self, rec: &Record, reason: &str) {
         self.stats.malformed += 1;
-        tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset, reason = %why,
-            "malformed record skipped");
+        tracing::debug!(topic = %rec.topic, partition = rec.partition, offset = rec.offset, reason,
+            "invalid till event not judged");
     }
 }
 
@@ -172,6 +174,10 @@ impl Processor for FraudGuard {
 
     fn fresh_state(&self) -> bool {
         self.store.fresh()
+    }
+
+    fn order(&self) -> Order {
+        Order::RecordTime
     }
 
     fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Error> {
@@ -184,26 +190,17 @@ impl Processor for FraudGuard {
                 .and_then(|p| p.get(&rec.partition))
                 .is_none_or(|o| rec.offset > *o)
         };
-        // `till.events` feeds SEQUENCE_GAP alone, in each partition's offset order: one till's
-        // events sit in one partition there, in the order the till synced them.
-        // `promo.sessions` is keyed by session, so one till's events are spread over partitions
-        // and a consumer receives them partition by partition. The other rules work in event
-        // time, so those records are applied in record-time order across partitions.
-        let (raw, mut sessions): (Vec<&Record>, Vec<&Record>) = batch
-            .iter()
-            .partition(|r| r.topic == self.topics.till_events);
-        sessions.sort_by_key(|r| (r.timestamp_ms, r.partition, r.offset));
-        for rec in raw.into_iter().chain(sessions) {
+        // Records come from `till.events` in the source's record-time order across partitions
+        // (each partition in offset order; see `Source`): a function of the topic's contents,
+        // not of batching, so the rules see the same sequence live, as a backlog and on replay.
+        for rec in batch {
             self.stats.records += 1;
             if !fresh(rec) {
                 self.stats.replayed += 1;
                 continue;
             }
-            let alerts = if rec.topic == self.topics.till_events {
-                self.engine.apply_till_record(rec)
-            } else {
-                self.handle(rec)
-            };
+            let mut alerts = self.engine.apply_till_record(rec);
+            alerts.extend(self.handle(rec));
             for alert in alerts {
                 out.push(self.alert_record(&alert, rec.timestamp_ms));
             }
@@ -217,7 +214,6 @@ impl Processor for FraudGuard {
                 .or_insert(rec.offset);
             *stored = (*stored).max(rec.offset);
         }
-        self.engine.expire();
         Ok(out)
     }
 

@@ -114,8 +114,7 @@ async fn state_stays_bounded_over_four_weeks() {
             .or_insert(0);
         *seq += if rng.below(5_000) == 0 { 2 } else { 1 };
         e.till_seq = *seq;
-        let (raw, session) = h.records(e, Some(record_ts));
-        batch.extend([raw, session]);
+        batch.push(h.record(e, Some(record_ts)));
         fed += 1;
         if batch.len() == BATCH {
             let out = h.run(&batch).await;

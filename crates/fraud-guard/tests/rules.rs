@@ -447,11 +447,10 @@ async fn sequence_gap_is_judged_in_sync_time_on_the_tills_partition_and_never_la
     let sync = T0 + 3 * HOUR;
     let mut recs = Vec::new();
     for (seq, at) in [(1, T0), (3, T0 + MIN), (4, T0 + 2 * HOUR)] {
-        let (raw, session) = h.records(
+        recs.push(h.record(
             with_seq(offline(sale("s1", "t1", at, &[])), seq),
             Some(sync),
-        );
-        recs.extend([raw, session]);
+        ));
     }
     assert!(of_rule(&h.run(&recs).await, AlertRule::SequenceGap).is_empty());
     // 59 minutes of sync time later the gap is still open, not judged.
@@ -479,8 +478,9 @@ async fn sequence_gap_is_judged_in_sync_time_on_the_tills_partition_and_never_la
 }
 
 #[tokio::test]
-async fn sequence_gap_alerts_do_not_depend_on_batches_or_the_order_of_session_partitions() {
-    // The same records: a gap filled in time, one never filled, a resend, a silent till.
+async fn alerts_do_not_depend_on_batch_boundaries() {
+    // The same records: a gap filled in time, one never filled, a resend, a silent till, and
+    // overrides, coupons and offline discounts that cross thresholds.
     let plan: Vec<(&str, u64, i64)> = vec![
         ("t1", 1, 0),
         ("t1", 3, 1),
@@ -493,46 +493,51 @@ async fn sequence_gap_alerts_do_not_depend_on_batches_or_the_order_of_session_pa
         ("t2", 5, 130),
         ("t1", 8, 200),
     ];
-    let events: Vec<_> = plan
+    let mut events: Vec<_> = plan
         .iter()
         .map(|(till, seq, m)| with_seq(sale("s1", till, T0 + m * MIN, &[]), *seq))
         .collect();
-    let run = |batch: usize, sessions_first: bool| {
+    for m in 0..8 {
+        events.push(manual_override("s2", "t1", T0 + m * 5 * MIN, "erin"));
+        events.push(offline(sale(
+            &format!("s{}", 3 + m % 4),
+            "t1",
+            T0 + m * MIN,
+            &[("VELO-1", 30_000)],
+        )));
+    }
+    events.sort_by_key(|e| ms(&e.occurred_at));
+    let run = |batch: usize| {
         let events = events.clone();
         async move {
             let mut h = Harness::new();
-            let mut raw = Vec::new();
-            let mut sessions = Vec::new();
-            for e in events {
-                let (r, s) = h.records(e, None);
-                raw.push(r);
-                sessions.push(s);
-            }
-            if sessions_first {
-                // Every session record first (another consumer's interleaving), newest first.
-                sessions.reverse();
-                h.run(&sessions).await;
-            }
+            let recs: Vec<_> = events.into_iter().map(|e| h.record(e, None)).collect();
             let mut alerts = Vec::new();
-            for chunk in raw.chunks(batch) {
+            for chunk in recs.chunks(batch) {
                 alerts.extend(h.run(chunk).await);
             }
-            if !sessions_first {
-                alerts.extend(h.run(&sessions).await);
-            }
-            let mut gaps = of_rule(&alerts, AlertRule::SequenceGap);
-            gaps.sort_by(|a, b| a.id.cmp(&b.id));
-            gaps
+            alerts.sort_by(|a, b| a.id.cmp(&b.id));
+            alerts
         }
     };
-    let want = run(100, false).await;
-    assert_eq!(want.len(), 2, "{want:#?}");
-    for (batch, sessions_first) in [(1, false), (3, true), (7, false), (1, true)] {
-        assert_eq!(
-            run(batch, sessions_first).await,
-            want,
-            "batch {batch}, sessions first {sessions_first}"
-        );
+    let want = run(100).await;
+    assert_eq!(of_rule(&want, AlertRule::SequenceGap).len(), 2, "{want:#?}");
+    assert_eq!(
+        of_rule(&want, AlertRule::OverrideRate).len(),
+        1,
+        "{want:#?}"
+    );
+    assert_eq!(
+        of_rule(&want, AlertRule::CouponVelocity).len(),
+        1,
+        "{want:#?}"
+    );
+    assert!(
+        !of_rule(&want, AlertRule::OfflineExposure).is_empty(),
+        "{want:#?}"
+    );
+    for batch in [1, 3, 7] {
+        assert_eq!(run(batch).await, want, "batch {batch}");
     }
 }
 
@@ -637,12 +642,9 @@ async fn events_older_than_max_lateness_are_skipped() {
 }
 
 #[test]
-fn input_topics_are_sessions_and_till_events_and_bad_config_is_refused() {
+fn the_input_topic_is_till_events_and_bad_config_is_refused() {
     let topics = tillbridge_core::config::Topics::default();
-    assert_eq!(
-        input_topics(&topics),
-        vec!["promo.sessions".to_owned(), "till.events".to_owned()]
-    );
+    assert_eq!(input_topics(&topics), vec!["till.events".to_owned()]);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = FraudGuardConfig::default();
     cfg.override_rate.max_overrides = 0;

@@ -141,7 +141,7 @@ where
             Ok(stage::run(name, &mut source, &sink, processor, limits, until, shutdown).await?)
         }
         Transport::Kafka(k) => {
-            let mut source = k.source(name, &topics, from_start)?;
+            let mut source = k.source(name, &topics, from_start, processor.order())?;
             let sink = k.sink()?;
             let result = stage::run(
                 name,

@@ -33,6 +33,7 @@ pub const PLANTED: &[&str] = &[
     "cashier S05-C2: 7 price overrides in an hour -> OVERRIDE_RATE",
     "S06/T3: receipts 31-33 never sync -> SEQUENCE_GAP",
     "S02/T3: clock 20 minutes slow -> CLOCK_DRIFT",
+    "one event stamped two hours ahead (a random till) -> dead-lettered as CLOCK_SKEW, and CLOCK_DRIFT",
     "S01: partial return of a sale that used a coupon -> RETURN_AFTER_REDEMPTION",
     "9 malformed or rejected records: DECODE_ERROR x2, MISSING_FIELD, INVALID_FIELD, INCONSISTENT_TOTAL, CLOCK_SKEW, CARD_DATA, OVERSIZED, DUPLICATE_CONFLICT",
 ];

@@ -277,8 +277,8 @@ pub struct EmbeddedSource {
 }
 
 impl EmbeddedSource {
-    /// Up to `limits` records, merged across partitions by record timestamp (each partition
-    /// stays in offset order), so that a reader of several partitions sees roughly the order in
+    /// Up to `limits` records, merged across partitions by record timestamp, then key (each
+    /// partition stays in offset order; the same order as `Order::RecordTime` on Kafka), so that a reader of several partitions sees roughly the order in
     /// which records were written, as it would from a broker, and not one partition after another.
     fn read_available(&mut self, limits: BatchLimits) -> Result<Vec<Record>> {
         let mut queues: Vec<std::collections::VecDeque<Record>> = Vec::new();
@@ -301,9 +301,10 @@ impl EmbeddedSource {
             let next = queues
                 .iter()
                 .enumerate()
-                .filter_map(|(i, q)| q.front().map(|r| (r.timestamp_ms, i)))
-                .min();
-            let Some((_, i)) = next else { break };
+                .filter_map(|(i, q)| q.front().map(|r| (r.timestamp_ms, r.key.as_deref(), i)))
+                .min()
+                .map(|(_, _, i)| i);
+            let Some(i) = next else { break };
             let Some(rec) = queues[i].pop_front() else {
                 break;
             };

@@ -23,7 +23,8 @@ use rdkafka::message::{Header as KHeader, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{BatchLimits, OutRecord, Position, Record, Sink, Source};
+use super::merge::{Key, Merge};
+use super::{BatchLimits, Order, OutRecord, Position, Record, Sink, Source};
 use crate::config::KafkaConfig;
 use crate::{Error, Result};
 
@@ -52,8 +53,21 @@ impl KafkaLog {
 
     /// A consumer in group `{group_prefix}.{stage}` subscribed to `topics`; with `from_start`,
     /// the group's committed offsets are first moved back to the beginning of every partition
-    /// (the stage's state is new or was rebuilt, so it must replay its topics).
-    pub fn source(&self, stage: &str, topics: &[&str], from_start: bool) -> Result<KafkaSource> {
+    /// (the stage's state is new or was rebuilt, so it must replay its topics). With
+    /// [`Order::RecordTime`], `topics` must be one topic.
+    pub fn source(
+        &self,
+        stage: &str,
+        topics: &[&str],
+        from_start: bool,
+        order: Order,
+    ) -> Result<KafkaSource> {
+        let merged = order == Order::RecordTime;
+        if merged && topics.len() != 1 {
+            return Err(Error::Config(format!(
+                "stage {stage}: record-time order needs exactly one input topic, got {topics:?}"
+            )));
+        }
         let group = format!("{}.{}", self.config.group_prefix, stage);
         let mut c = self.base();
         c.set("group.id", &group)
@@ -61,7 +75,10 @@ impl KafkaLog {
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
+            .set(
+                "enable.partition.eof",
+                if merged { "true" } else { "false" },
+            )
             .set(
                 "fetch.wait.max.ms",
                 self.config.fetch_wait_max_ms.to_string(),
@@ -88,7 +105,12 @@ impl KafkaLog {
             tracing::warn!(%group, "stage state is new: replaying its topics from the beginning");
         }
         consumer.subscribe(topics).map_err(kafka_err)?;
-        Ok(KafkaSource { consumer, group })
+        let merge = merged.then(|| Merge::new(MERGE_HOLD, MERGE_MAX_QUEUED));
+        Ok(KafkaSource {
+            consumer,
+            group,
+            merge,
+        })
     }
 
     /// A reader of every partition of `topic` from its beginning, outside any consumer group (each
@@ -132,7 +154,14 @@ impl KafkaLog {
             }
         }
         consumer.assign(&tpl).map_err(kafka_err)?;
-        Ok((KafkaSource { consumer, group }, ends))
+        Ok((
+            KafkaSource {
+                consumer,
+                group,
+                merge: None,
+            },
+            ends,
+        ))
     }
 
     /// An idempotent producer.
@@ -297,10 +326,18 @@ impl ConsumerContext for CommitBeforeRevoke {
     }
 }
 
+/// How long a record waits, under [`Order::RecordTime`], for a partition read to its end to
+/// receive something earlier (a producer a little behind).
+const MERGE_HOLD: Duration = Duration::from_secs(1);
+/// Most records queued for the record-time merge before the oldest goes without waiting.
+const MERGE_MAX_QUEUED: usize = 200_000;
+
 /// A consumer group member.
 pub struct KafkaSource {
     consumer: StreamConsumer<CommitBeforeRevoke>,
     group: String,
+    /// The record-time merge, under [`Order::RecordTime`].
+    merge: Option<Merge>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -351,27 +388,120 @@ impl KafkaSource {
     }
 }
 
-impl Source for KafkaSource {
-    async fn next_batch(&mut self, limits: BatchLimits) -> Result<Vec<Record>> {
-        let mut out = Vec::new();
-        let first = match tokio::time::timeout(limits.wait, self.consumer.recv()).await {
-            Err(_) => return Ok(out),
+impl KafkaSource {
+    /// What a consumer error means for the stage: `Ok(())` to poll on.
+    fn consumer_error(&self, e: KafkaError) -> Result<()> {
+        match e {
             // A stage that paused longer than `max.poll.interval.ms` (backpressure from a full
             // outbox) left the group; the next poll rejoins it. Nothing was stored past what is
             // durable, so this is not an error.
-            Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded))) => {
+            KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded) => {
                 tracing::warn!(group = %self.group, "paused past max.poll.interval.ms; rejoining");
-                return Ok(out);
+                Ok(())
             }
             // librdkafka recovers from every consumer error but a fatal one by itself (it
             // reconnects, rejoins, refetches): those are transient for the stage.
-            Ok(Err(KafkaError::MessageConsumption(code))) if code != RDKafkaErrorCode::Fatal => {
-                return Err(Error::BrokerUnavailable(format!(
-                    "consumer error in group {}: {code}",
-                    self.group
-                )))
+            KafkaError::MessageConsumption(code) if code != RDKafkaErrorCode::Fatal => Err(
+                Error::BrokerUnavailable(format!("consumer error in group {}: {code}", self.group)),
+            ),
+            e => Err(kafka_err(e)),
+        }
+    }
+
+    /// The partitions assigned now.
+    fn assigned(&self) -> std::collections::BTreeSet<Key> {
+        self.consumer
+            .assignment()
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// [`Order::RecordTime`]: feeds the merge with what was fetched and hands out what it
+    /// releases, waiting at most `limits.wait` for something to release.
+    async fn merged_batch(&mut self, limits: BatchLimits) -> Result<Vec<Record>> {
+        let deadline = tokio::time::Instant::now() + limits.wait;
+        let Some(mut merge) = self.merge.take() else {
+            return Ok(Vec::new());
+        };
+        let result = loop {
+            // Everything fetched already, then what the merge can release.
+            let mut failed = None;
+            while let Some(m) = self.consumer.recv().now_or_never() {
+                if let Err(e) = self.merged_push(&mut merge, m) {
+                    failed = Some(e);
+                    break;
+                }
             }
-            Ok(Err(e)) => return Err(kafka_err(e)),
+            if let Some(e) = failed {
+                break Err(e);
+            }
+            let assigned = self.assigned();
+            merge.retain(&assigned);
+            let forced = merge.forced;
+            let (out, wake) = merge.release(&assigned, limits, std::time::Instant::now());
+            if merge.forced > forced {
+                tracing::warn!(group = %self.group, released = merge.forced - forced,
+                    "record-time merge full: records released before every partition was read");
+            }
+            if !out.is_empty() {
+                break Ok(out);
+            }
+            let until = wake
+                .map(tokio::time::Instant::from_std)
+                .map_or(deadline, |w| w.min(deadline));
+            match tokio::time::timeout_at(until, self.consumer.recv()).await {
+                Ok(m) => {
+                    if let Err(e) = self.merged_push(&mut merge, m) {
+                        break Err(e);
+                    }
+                }
+                Err(_) if tokio::time::Instant::now() >= deadline => break Ok(Vec::new()),
+                Err(_) => {}
+            }
+        };
+        self.merge = Some(merge);
+        result
+    }
+
+    fn merged_push(
+        &self,
+        merge: &mut Merge,
+        m: std::result::Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+    ) -> Result<()> {
+        match m {
+            Ok(m) => {
+                merge.push(Self::owned(&m), std::time::Instant::now());
+                Ok(())
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                // One input topic (checked at creation), so the partition number is enough.
+                if let Some((topic, _)) = self.assigned().into_iter().find(|(_, q)| *q == p) {
+                    merge.end_of(&topic, p);
+                }
+                Ok(())
+            }
+            Err(e) => self.consumer_error(e),
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    async fn next_batch(&mut self, limits: BatchLimits) -> Result<Vec<Record>> {
+        if self.merge.is_some() {
+            return self.merged_batch(limits).await;
+        }
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(limits.wait, self.consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(Err(e)) => {
+                self.consumer_error(e)?;
+                return Ok(out);
+            }
             Ok(Ok(m)) => Self::owned(&m),
         };
         let mut bytes = first.size();

@@ -9,6 +9,7 @@
 
 mod embedded;
 mod kafka;
+mod merge;
 
 use std::future::Future;
 use std::time::Duration;
@@ -98,6 +99,19 @@ impl OutRecord {
         self.timestamp_ms = timestamp_ms;
         self
     }
+}
+
+/// The order in which a [`Source`] hands out records of different partitions (records of one
+/// partition always come in offset order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// As they are fetched.
+    #[default]
+    Arrival,
+    /// Merged by record timestamp across the partitions of the (single) input topic, waiting
+    /// for every partition, so the order depends on the topic's contents alone (see
+    /// `log::merge`). The embedded log always reads this way.
+    RecordTime,
 }
 
 /// Limits of one [`Source::next_batch`] call.

@@ -146,13 +146,13 @@ pub fn with_seq(mut e: pb::TillEvent, seq: u64) -> pb::TillEvent {
     e
 }
 
-/// Drives a [`FraudGuard`] over hand-built records of `promo.sessions`.
+/// Drives a [`FraudGuard`] over hand-built records of `till.events`, in the order given (the
+/// source's record-time order).
 pub struct Harness {
     pub dir: TempDir,
     pub cfg: FraudGuardConfig,
     pub fg: FraudGuard,
     pub topics: Topics,
-    pub next_offset: i64,
     seqs: BTreeMap<(String, String), u64>,
     /// `till.events` partition of each `{store}/{till}` (0 unless a test sets it), and the next
     /// offset of each partition.
@@ -174,7 +174,6 @@ impl Harness {
             cfg,
             fg,
             topics,
-            next_offset: 0,
             seqs: BTreeMap::new(),
             till_partitions: BTreeMap::new(),
             till_offsets: BTreeMap::new(),
@@ -192,16 +191,11 @@ impl Harness {
             FraudGuard::open(self.dir.path(), &self.topics, self.cfg.clone(), REPORT_KEY).unwrap();
     }
 
-    /// A record at the next offset of partition 0; the record timestamp is the event's
-    /// `occurred_at` unless `timestamp_ms` says otherwise. Numbers `till_seq` when it is 0.
-    pub fn record(&mut self, e: pb::TillEvent, timestamp_ms: Option<i64>) -> Record {
-        self.records(e, timestamp_ms).1
-    }
-
-    /// The event as the till published it on `till.events` (JSON, as an outside client writes
-    /// it, at the next offset of the till's partition) and as ingest forwarded it on
-    /// `promo.sessions` (see [`Harness::record`]).
-    pub fn records(&mut self, mut e: pb::TillEvent, timestamp_ms: Option<i64>) -> (Record, Record) {
+    /// The event as the till published it on `till.events`: JSON, as an outside client writes
+    /// it, at the next offset of the till's partition (0 unless `till_partitions` says
+    /// otherwise). The record timestamp is the event's `occurred_at` unless `timestamp_ms` says
+    /// otherwise. Numbers `till_seq` when it is 0.
+    pub fn record(&mut self, mut e: pb::TillEvent, timestamp_ms: Option<i64>) -> Record {
         let seq = self
             .seqs
             .entry((e.store_id.clone(), e.till_id.clone()))
@@ -226,21 +220,23 @@ impl Harness {
             timestamp_ms: Some(ts),
         };
         *offset += 1;
-        (raw, self.raw_record(Some(e.encode_to_vec()), Some(ts)))
+        raw
     }
 
+    /// A record of `till.events` partition 0 with any payload, as protobuf.
     pub fn raw_record(&mut self, payload: Option<Vec<u8>>, timestamp_ms: Option<i64>) -> Record {
-        let offset = self.next_offset;
-        self.next_offset += 1;
-        Record {
-            topic: self.topics.sessions.clone(),
+        let offset = self.till_offsets.entry(0).or_insert(0);
+        let rec = Record {
+            topic: self.topics.till_events.clone(),
             partition: 0,
-            offset,
+            offset: *offset,
             key: Some(b"k".to_vec()),
             payload,
-            headers: vec![],
+            headers: vec![("content-type".into(), b"application/x-protobuf".to_vec())],
             timestamp_ms,
-        }
+        };
+        *offset += 1;
+        rec
     }
 
     /// Processes `records` as one batch and commits, like the stage loop; returns the alerts.
@@ -250,14 +246,9 @@ impl Harness {
         decode(&out, &self.topics)
     }
 
-    /// One batch of events whose record timestamps equal their `occurred_at`, each on
-    /// `till.events` and on `promo.sessions`.
+    /// One batch of events whose record timestamps equal their `occurred_at`.
     pub async fn feed(&mut self, events: Vec<pb::TillEvent>) -> Vec<pb::FraudAlert> {
-        let mut recs = Vec::new();
-        for e in events {
-            let (raw, session) = self.records(e, None);
-            recs.extend([raw, session]);
-        }
+        let recs: Vec<Record> = events.into_iter().map(|e| self.record(e, None)).collect();
         self.run(&recs).await
     }
 }

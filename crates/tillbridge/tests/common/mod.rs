@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod flaky_core;
+pub mod same_answers;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -103,6 +104,97 @@ pub async fn produce(
         .collect();
     for r in futures::future::join_all(futures).await {
         r.expect("delivery");
+    }
+}
+
+/// Produces records as they are (key, headers, record timestamp) and waits for every
+/// acknowledgement.
+pub async fn produce_records(broker: &str, records: Vec<tillbridge_core::log::OutRecord>) {
+    let producer = producer(broker);
+    for chunk in records.chunks(2000) {
+        let futures: Vec<_> = chunk
+            .iter()
+            .map(|r| {
+                let mut headers = rdkafka::message::OwnedHeaders::new();
+                for (k, v) in &r.headers {
+                    headers = headers.insert(rdkafka::message::Header {
+                        key: k,
+                        value: Some(v.as_slice()),
+                    });
+                }
+                let mut fr = rdkafka::producer::FutureRecord::to(&r.topic)
+                    .key(r.key.as_slice())
+                    .headers(headers);
+                if let Some(p) = &r.payload {
+                    fr = fr.payload(p.as_slice());
+                }
+                if let Some(ts) = r.timestamp_ms {
+                    fr = fr.timestamp(ts);
+                }
+                producer.send(fr, Duration::from_secs(30))
+            })
+            .collect();
+        for f in futures::future::join_all(futures).await {
+            if let Err((e, _)) = f {
+                panic!("delivery failed: {e}");
+            }
+        }
+    }
+}
+
+/// Runs `stages` until `done` returns `Ok`; on a time-out the panic names the last `Err` (what
+/// still differs).
+pub async fn run_until(
+    config: &tillbridge_core::config::Config,
+    stages: tillbridge::Stages,
+    done: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let transport = tillbridge::Transport::from_config(config).unwrap();
+    let mut run = {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        tokio::spawn(
+            async move { tillbridge::run(&config, &transport, stages, false, shutdown).await },
+        )
+    };
+    let done = std::sync::Arc::new(done);
+    let start = std::time::Instant::now();
+    loop {
+        let check = done.clone();
+        let Err(differs) = tokio::task::spawn_blocking(move || check()).await.unwrap() else {
+            break;
+        };
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "pipeline did not finish: {differs}"
+        );
+        tokio::select! {
+            r = &mut run => panic!("the pipeline stopped early: {:?}", r.unwrap().map(|s| s.to_string())),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+/// Checks `done` (a blocking call) every 250 ms until it returns `Ok`; after `limit` the panic
+/// names its last `Err` (what still differs).
+pub async fn await_condition(
+    limit: Duration,
+    done: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+) {
+    let done = std::sync::Arc::new(done);
+    let start = Instant::now();
+    loop {
+        let check = done.clone();
+        let Err(differs) = tokio::task::spawn_blocking(move || check()).await.unwrap() else {
+            return;
+        };
+        assert!(
+            start.elapsed() < limit,
+            "not reached within {limit:?}: {differs}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
