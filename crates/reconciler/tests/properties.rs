@@ -349,13 +349,15 @@ proptest! {
 
     /// Over days, with offline redemptions synced past the horizon and releases: the same facts
     /// (with their sync times) give the same ledgers and outstanding compensations whatever the
-    /// arrival order, duplicates and batches, and an id carries the same content in every run.
+    /// arrival order, duplicates and batches, and after the state is wiped at a random point
+    /// and restored from the topics; an id carries the same content in every run.
     #[test]
     fn finality_in_sync_time_does_not_depend_on_arrival(
         limits in proptest::collection::vec(1u32..3, CODES.len()),
         per_profile in 0u32..2,
         sales in proptest::collection::vec(late(), 1..14),
         seed in any::<u64>(),
+        wipe_at in any::<usize>(),
     ) {
         let all = synced_inputs(&limits, per_profile, &sales);
         let mut by_sync = all.clone();
@@ -369,6 +371,18 @@ proptest! {
         let mut actions = h.actions.clone();
         let outstanding_live = h.outstanding_set();
         let report_live = h.close_and_report().to_json().expect("json");
+        // Live again, with the state wiped at a random point and restored from the topics.
+        let mut h = Harness::new();
+        let wipe_at = wipe_at % live.len();
+        for (i, b) in live.iter().enumerate() {
+            if i == wipe_at {
+                h.wipe_and_restore();
+            }
+            h.feed(b);
+        }
+        actions.extend(h.actions.iter().cloned());
+        prop_assert_eq!(&h.outstanding_set(), &outstanding_live, "wiped after {} records", wipe_at);
+        prop_assert_eq!(&h.close_and_report().to_json().expect("json"), &report_live);
         // A backlog: everything at once; and a random arrival with duplicates and batches.
         for batches in [vec![all.clone()], arrival(all.clone(), seed)] {
             let mut h = Harness::new();

@@ -194,6 +194,8 @@ pub struct Harness {
     pub outstanding: BTreeMap<String, pb::CompensatingAction>,
     /// Every action emitted, in order.
     pub actions: Vec<pb::CompensatingAction>,
+    /// Every record written to the compensations topic, in order.
+    pub emitted: Vec<OutRecord>,
     /// The newest event time fed: the record timestamp of the next records.
     clock_ms: Option<i64>,
 }
@@ -216,6 +218,7 @@ impl Harness {
             fed: Vec::new(),
             outstanding: BTreeMap::new(),
             actions: Vec::new(),
+            emitted: Vec::new(),
             clock_ms: None,
         }
     }
@@ -288,6 +291,7 @@ impl Harness {
                 );
             }
             self.actions.push(a.clone());
+            self.emitted.push(o.clone());
             actions.push(a);
         }
         actions
@@ -334,6 +338,37 @@ impl Harness {
     pub fn close_and_report(&mut self) -> tillbridge_reconciler::Report {
         self.rec = None;
         tillbridge_reconciler::report(&self.state_dir(), &self.cfg).expect("report")
+    }
+
+    /// Wipes the state and restores it as `tillbridge run` does: learn what the compensations
+    /// topic holds, replay every input fed so far, then emit only the difference.
+    pub fn wipe_and_restore(&mut self) {
+        self.rec = None;
+        std::fs::remove_dir_all(self.state_dir()).expect("wipe");
+        let mut rec = Reconciler::open(&self.state_dir(), &self.topics, &self.cfg).expect("open");
+        assert!(rec.needs_restore().expect("needs_restore"));
+        let emitted: Vec<Record> = self
+            .emitted
+            .iter()
+            .enumerate()
+            .map(|(i, o)| Record {
+                topic: o.topic.clone(),
+                partition: 0,
+                offset: i as i64,
+                key: Some(o.key.clone()),
+                payload: o.payload.clone(),
+                headers: o.headers.clone(),
+                timestamp_ms: o.timestamp_ms,
+            })
+            .collect();
+        rec.begin_restore(&emitted);
+        let quiet = rec.process(&self.fed).expect("replay");
+        assert!(quiet.is_empty(), "a restoring reconciler emits nothing");
+        block_on(rec.commit()).expect("commit");
+        let out = rec.finish_restore().expect("finish_restore");
+        block_on(rec.commit()).expect("commit");
+        self.rec = Some(rec);
+        self.absorb(&out);
     }
 
     pub fn reopen(&mut self) {
