@@ -1,7 +1,7 @@
 //! Same facts, same answers on the broker: the determinism harness's records (the demo's fleet
 //! with planted cases) produced to Apache Kafka as outside clients would, first live (in sync
-//! order, a slice at a time while every stage runs), then replayed after every stage's state is
-//! wiped. Both must give exactly the embedded backlog run's outstanding compensations, alerts
+//! order, a slice at a time while every stage runs, every stage's state wiped halfway), then
+//! replayed after every stage's state is wiped at the end. Both must give exactly the embedded backlog run's outstanding compensations, alerts
 //! (ids and content) and report.json, and no id may be written with two contents.
 
 #![allow(clippy::unwrap_used)]
@@ -81,16 +81,27 @@ async fn the_broker_gives_the_embedded_answers_live_and_after_a_wipe() {
         .filter(|r| r.topic == config.topics.till_events)
         .count();
 
-    // Live: every stage runs while the records arrive in sync order, a slice at a time.
-    let shutdown = CancellationToken::new();
-    let transport = Transport::from_config(&config).unwrap();
-    let run = {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            tillbridge::run(&config, &transport, Stages::ALL, false, shutdown).await
-        })
+    // Live: every stage runs while the records arrive in sync order, a slice at a time; halfway
+    // the process stops and every stage's state is wiped, and a new one carries on.
+    let chunks: Vec<_> = recs.chunks(40).collect();
+    let half = chunks.len() / 2;
+    let start = |config: &Config| {
+        let shutdown = CancellationToken::new();
+        let transport = Transport::from_config(config).unwrap();
+        let (config, stop) = (config.clone(), shutdown.clone());
+        let run = tokio::spawn(async move {
+            tillbridge::run(&config, &transport, Stages::ALL, false, stop).await
+        });
+        (shutdown, run)
     };
-    for chunk in recs.chunks(40) {
+    let (mut shutdown, mut run) = start(&config);
+    for (i, chunk) in chunks.iter().enumerate() {
+        if i == half {
+            shutdown.cancel();
+            run.await.unwrap().unwrap();
+            wipe(&config);
+            (shutdown, run) = start(&config);
+        }
         common::produce_records(&broker, chunk.to_vec()).await;
         // The pace of a live fleet: the stages see the topic grow, not a backlog.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -110,7 +121,7 @@ async fn the_broker_gives_the_embedded_answers_live_and_after_a_wipe() {
         report(&config, &state.path().join("live")),
     );
     if let Err(e) = live.compare(&reference) {
-        panic!("live on Kafka: {e}");
+        panic!("live on Kafka, wiped halfway: {e}");
     }
 
     // Every stage's state wiped: each replays its topics from the beginning.
@@ -148,7 +159,7 @@ async fn the_broker_gives_the_embedded_answers_live_and_after_a_wipe() {
         panic!("wiped and replayed on Kafka: {e}");
     }
     println!(
-        "Kafka live and wiped-and-replayed: {} outstanding compensations, {} alerts of {} rules, \
+        "Kafka live (wiped halfway) and wiped-and-replayed at the end: {} outstanding compensations, {} alerts of {} rules, \
          report.json: no difference from the embedded run",
         reference.outstanding.len(),
         reference.alerts.len(),
