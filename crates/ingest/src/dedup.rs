@@ -20,6 +20,15 @@ pub(crate) enum Seen {
     Conflict,
 }
 
+/// The writes of one batch to the dedup trees.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    pub(crate) entries: sled::Batch,
+    pub(crate) expiry: sled::Batch,
+    inserted: usize,
+    expired: Vec<Uuid>,
+}
+
 #[derive(Debug)]
 pub(crate) struct DedupIndex {
     tree: sled::Tree,
@@ -67,38 +76,52 @@ impl DedupIndex {
         })
     }
 
-    /// Writes the pending entries and expires those older than `horizon_ms` (event time). The
-    /// caller flushes.
-    pub(crate) fn commit(&mut self, horizon_ms: Option<i64>) -> Result<usize, Error> {
-        let mut batch = sled::Batch::default();
-        let mut exp = sled::Batch::default();
-        let inserted = self.pending.len();
+    /// The writes of the pending entries and of the expiry of those older than `horizon_ms`
+    /// (event time), for the `dedup` and `dedup_expiry` trees. The caller applies them in one
+    /// transaction with the rest of the stage's state, then calls [`DedupIndex::committed`].
+    pub(crate) fn stage(&mut self, horizon_ms: Option<i64>) -> Result<Staged, Error> {
+        let mut staged = Staged {
+            entries: sled::Batch::default(),
+            expiry: sled::Batch::default(),
+            inserted: self.pending.len(),
+            expired: Vec::new(),
+        };
         for (id, hash, ms) in self.pending.drain(..) {
             let mut v = hash.to_vec();
             v.extend_from_slice(&ms.to_be_bytes());
-            batch.insert(id.as_bytes(), v);
-            exp.insert(expiry_key(ms, &id), &[]);
+            staged.entries.insert(id.as_bytes(), v);
+            staged.expiry.insert(expiry_key(ms, &id), &[]);
         }
-        let mut expired = 0;
         if let Some(h) = horizon_ms {
             let end = expiry_key(h, &Uuid::nil());
             for item in self.expiry.range(..end) {
                 let (k, _) = item.map_err(storage)?;
                 if let Some(id) = k.get(8..24).and_then(|b| Uuid::from_slice(b).ok()) {
-                    batch.remove(id.as_bytes());
-                    self.hot.remove(&id);
+                    staged.entries.remove(id.as_bytes());
+                    staged.expired.push(id);
                 }
-                exp.remove(k);
-                expired += 1;
+                staged.expiry.remove(k);
             }
         }
-        self.tree.apply_batch(batch).map_err(storage)?;
-        self.expiry.apply_batch(exp).map_err(storage)?;
-        self.count = (self.count + inserted).saturating_sub(expired);
+        Ok(staged)
+    }
+
+    /// Takes note that `staged` was applied; returns how many entries expired.
+    pub(crate) fn committed(&mut self, staged: &Staged) -> usize {
+        for id in &staged.expired {
+            self.hot.remove(id);
+        }
+        let expired = staged.expired.len();
+        self.count = (self.count + staged.inserted).saturating_sub(expired);
         if self.hot.len() > HOT_CAPACITY {
             self.hot.clear();
         }
-        Ok(expired)
+        expired
+    }
+
+    /// The two trees, for the caller's transaction.
+    pub(crate) fn trees(&self) -> (&sled::Tree, &sled::Tree) {
+        (&self.tree, &self.expiry)
     }
 
     pub(crate) fn len(&self) -> usize {

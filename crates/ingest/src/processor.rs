@@ -111,6 +111,8 @@ pub struct Ingest {
     stats: Arc<IngestStats>,
 }
 
+use sled::transaction::{ConflictableTransactionError, Transactional};
+
 fn state_err(e: sled::Error) -> Error {
     Error::State(e.to_string())
 }
@@ -371,7 +373,12 @@ impl Ingest {
         metrics::EVENTS_ACCEPTED
             .with_label_values(&[ev.body_kind().as_str()])
             .inc();
-        self.watermark_ms = Some(self.watermark_ms.map_or(event_ms, |w| w.max(event_ms)));
+        // The dedup window's reference moves with event time, but never past the wall clock
+        // (plus the allowed skew): one record stamped far ahead, by a till with a fast clock or
+        // on purpose, must not expire every entry and let later resends through.
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let reference = event_ms.min(now_ms.saturating_add(skew_ms));
+        self.watermark_ms = Some(self.watermark_ms.map_or(reference, |w| w.max(reference)));
         let till_key = ev.till_key();
         let mut gaps = self.till(&till_key)?;
         gaps.observe(ev.till_seq);
@@ -411,13 +418,12 @@ impl Processor for Ingest {
         let horizon = self
             .watermark_ms
             .map(|w| w - self.cfg.dedup_window.as_millis() as i64);
-        let expired = self.dedup.commit(horizon)?;
+        let dedup = self.dedup.stage(horizon)?;
         let mut sessions = sled::Batch::default();
         for (k, v) in std::mem::take(&mut self.staged_sessions) {
             let bytes = serde_json::to_vec(&v).map_err(|e| Error::State(e.to_string()))?;
             sessions.insert(k.as_bytes(), bytes);
         }
-        self.sessions.apply_batch(sessions).map_err(state_err)?;
         let mut tills = sled::Batch::default();
         for (k, v) in std::mem::take(&mut self.staged_tills) {
             metrics::TILL_SEQUENCE_GAPS
@@ -426,12 +432,31 @@ impl Processor for Ingest {
             let bytes = serde_json::to_vec(&v).map_err(|e| Error::State(e.to_string()))?;
             tills.insert(k.as_bytes(), bytes);
         }
-        self.tills.apply_batch(tills).map_err(state_err)?;
+        let mut meta = sled::Batch::default();
         if let Some(w) = self.watermark_ms {
-            self.meta
-                .insert("watermark_ms", &w.to_be_bytes())
-                .map_err(state_err)?;
+            meta.insert("watermark_ms", &w.to_be_bytes());
         }
+        // One transaction over every tree: a crash leaves all of the batch's state or none of
+        // it (dedup entries without their session entries would drop the replays that could
+        // heal the index).
+        let (dedup_tree, expiry_tree) = self.dedup.trees();
+        (
+            dedup_tree,
+            expiry_tree,
+            &self.sessions,
+            &self.tills,
+            &self.meta,
+        )
+            .transaction(|(d, e, s, t, m)| {
+                d.apply_batch(&dedup.entries)?;
+                e.apply_batch(&dedup.expiry)?;
+                s.apply_batch(&sessions)?;
+                t.apply_batch(&tills)?;
+                m.apply_batch(&meta)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| Error::State(format!("state transaction: {e:?}")))?;
+        let expired = self.dedup.committed(&dedup);
         self.store.flush().await?;
         let routed = std::mem::take(&mut self.staged_routed);
         if let Ok(mut total) = self.stats.routed.lock() {

@@ -266,3 +266,50 @@ async fn the_same_uuid_in_another_textual_form_is_a_duplicate_not_a_conflict() {
         4
     );
 }
+
+#[tokio::test]
+async fn one_record_stamped_far_ahead_does_not_expire_the_dedup_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = IngestConfig {
+        dedup_window: Duration::from_secs(3600),
+        ..IngestConfig::default()
+    };
+    let now = chrono::Utc::now().timestamp();
+    let mut ing = Ingest::open(dir.path(), Topics::default(), cfg).unwrap();
+    let first: Vec<Record> = (0..100)
+        .map(|i| {
+            record(
+                i,
+                event(100 + i as u128, i as u64 + 1, now - 60).encode_to_vec(),
+                now,
+            )
+        })
+        .collect();
+    ing.process(&first).unwrap();
+    ing.commit().await.unwrap();
+    // A record whose timestamp and occurred_at are a year ahead is accepted (its clock agrees
+    // with its record), but moves the window only up to the wall clock.
+    let year = 365 * 24 * 3600;
+    let ahead = ing
+        .process(&[record(
+            100,
+            event(1, 101, now + year).encode_to_vec(),
+            now + year,
+        )])
+        .unwrap();
+    assert_eq!(topics_of(&ahead)[0], "promo.sessions");
+    ing.commit().await.unwrap();
+    assert_eq!(ing.dedup_len(), 101, "nothing expired");
+    let resent: Vec<Record> = (0..100)
+        .map(|i| {
+            record(
+                101 + i,
+                event(100 + i as u128, i as u64 + 1, now - 60).encode_to_vec(),
+                now + 1,
+            )
+        })
+        .collect();
+    let out = ing.process(&resent).unwrap();
+    ing.commit().await.unwrap();
+    assert!(out.is_empty(), "every resend is still a duplicate: {out:?}");
+}
