@@ -179,6 +179,161 @@ impl State {
     }
 }
 
+/// The meta entry of the state: what is not kept per key.
+#[derive(Default, Serialize, Deserialize)]
+struct Meta {
+    offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    watermark_ms: Option<i64>,
+    expired_at: Option<i64>,
+    gap_read_ms: BTreeMap<i32, i64>,
+    gap_open: Vec<gaps::OpenGap>,
+}
+
+const META_KEY: &[u8] = b"m";
+const TAG_SEEN: u8 = b's';
+const TAG_COUPON: u8 = b'c';
+const TAG_TILL: u8 = b't';
+const TAG_CASHIER: u8 = b'k';
+const TAG_SALE: u8 = b'S';
+const TAG_RETURNS: u8 = b'r';
+const TAG_ALERTED: u8 = b'a';
+const TAG_GAP_TILL: u8 = b'g';
+
+fn kv_key(tag: u8, k: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(k.len() + 2);
+    v.extend_from_slice(&[tag, b'/']);
+    v.extend_from_slice(k);
+    v
+}
+
+fn section<V: Serialize>(
+    out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    tag: u8,
+    map: &BTreeMap<String, V>,
+) -> serde_json::Result<()> {
+    for (k, v) in map {
+        out.push((kv_key(tag, k.as_bytes()), serde_json::to_vec(v)?));
+    }
+    Ok(())
+}
+
+fn bad_entry(what: &str) -> serde_json::Error {
+    serde::de::Error::custom(format!("unreadable state entry: {what}"))
+}
+
+impl State {
+    /// The state as one entry per key (a coupon, a till, a cashier, an event id...), so that a
+    /// batch writes only the entries it changed and expiry removes entries one by one.
+    pub(crate) fn to_kv(&self) -> serde_json::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = self.small_kv()?;
+        for (id, ms) in &self.seen {
+            out.push((kv_key(TAG_SEEN, id.as_bytes()), ms.to_be_bytes().to_vec()));
+        }
+        section(&mut out, TAG_COUPON, &self.coupons)?;
+        section(&mut out, TAG_TILL, &self.tills)?;
+        section(&mut out, TAG_CASHIER, &self.cashiers)?;
+        section(&mut out, TAG_SALE, &self.sales)?;
+        section(&mut out, TAG_RETURNS, &self.returns)?;
+        section(&mut out, TAG_ALERTED, &self.alerted)?;
+        Ok(out)
+    }
+
+    /// The entries written in full at every commit: the meta entry (offsets, watermark, open
+    /// sequence gaps) and the sequence state per till (one per till, small).
+    pub(crate) fn small_kv(&self) -> serde_json::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(self.gaps.tills.len() + 1);
+        let meta = Meta {
+            offsets: self.offsets.clone(),
+            watermark_ms: self.watermark_ms,
+            expired_at: self.expired_at,
+            gap_read_ms: self.gaps.read_ms.clone(),
+            gap_open: self.gaps.open.clone(),
+        };
+        out.push((META_KEY.to_vec(), serde_json::to_vec(&meta)?));
+        section(&mut out, TAG_GAP_TILL, &self.gaps.tills)?;
+        Ok(out)
+    }
+
+    /// The bytes of the entry at `key` as [`State::to_kv`] writes it, `None` when it is gone.
+    pub(crate) fn entry(&self, key: &[u8]) -> serde_json::Result<Option<Vec<u8>>> {
+        let (Some(tag), Some(rest)) = (key.first().copied(), key.get(2..)) else {
+            return Err(bad_entry("short key"));
+        };
+        let name = std::str::from_utf8(rest).map_err(|_| bad_entry("key is not UTF-8"));
+        fn json<V: Serialize>(v: Option<&V>) -> serde_json::Result<Option<Vec<u8>>> {
+            v.map(serde_json::to_vec).transpose()
+        }
+        match tag {
+            TAG_SEEN => {
+                let id = Uuid::from_slice(rest).map_err(|_| bad_entry("event id"))?;
+                Ok(self.seen.get(&id).map(|ms| ms.to_be_bytes().to_vec()))
+            }
+            TAG_COUPON => json(self.coupons.get(name?)),
+            TAG_TILL => json(self.tills.get(name?)),
+            TAG_CASHIER => json(self.cashiers.get(name?)),
+            TAG_SALE => json(self.sales.get(name?)),
+            TAG_RETURNS => json(self.returns.get(name?)),
+            TAG_ALERTED => json(self.alerted.get(name?)),
+            TAG_GAP_TILL => json(self.gaps.tills.get(name?)),
+            _ => Err(bad_entry("unknown key")),
+        }
+    }
+
+    /// The state from the entries [`State::to_kv`] wrote.
+    pub(crate) fn from_kv(
+        entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> serde_json::Result<State> {
+        let mut s = State::default();
+        for (k, v) in entries {
+            if k == META_KEY {
+                let m: Meta = serde_json::from_slice(&v)?;
+                s.offsets = m.offsets;
+                s.watermark_ms = m.watermark_ms;
+                s.expired_at = m.expired_at;
+                s.gaps.read_ms = m.gap_read_ms;
+                s.gaps.open = m.gap_open;
+                continue;
+            }
+            let (Some(tag), Some(rest)) = (k.first().copied(), k.get(2..)) else {
+                return Err(bad_entry("short key"));
+            };
+            let name =
+                || String::from_utf8(rest.to_vec()).map_err(|_| bad_entry("key is not UTF-8"));
+            match tag {
+                TAG_SEEN => {
+                    let id = Uuid::from_slice(rest).map_err(|_| bad_entry("event id"))?;
+                    let ms =
+                        <[u8; 8]>::try_from(v.as_slice()).map_err(|_| bad_entry("event time"))?;
+                    s.seen.insert(id, i64::from_be_bytes(ms));
+                }
+                TAG_COUPON => {
+                    s.coupons.insert(name()?, serde_json::from_slice(&v)?);
+                }
+                TAG_TILL => {
+                    s.tills.insert(name()?, serde_json::from_slice(&v)?);
+                }
+                TAG_CASHIER => {
+                    s.cashiers.insert(name()?, serde_json::from_slice(&v)?);
+                }
+                TAG_SALE => {
+                    s.sales.insert(name()?, serde_json::from_slice(&v)?);
+                }
+                TAG_RETURNS => {
+                    s.returns.insert(name()?, serde_json::from_slice(&v)?);
+                }
+                TAG_ALERTED => {
+                    s.alerted.insert(name()?, serde_json::from_slice(&v)?);
+                }
+                TAG_GAP_TILL => {
+                    s.gaps.tills.insert(name()?, serde_json::from_slice(&v)?);
+                }
+                _ => return Err(bad_entry("unknown key")),
+            }
+        }
+        Ok(s)
+    }
+}
+
 /// Whether an event is judged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Admission {
@@ -201,6 +356,20 @@ pub(crate) struct Engine {
     masker: CodeMasker,
     pub state: State,
     pub counts: RuleCounts,
+    /// Entries changed since the last commit.
+    pub dirty: Dirty,
+}
+
+/// The state entries changed since the last commit (see [`State::entry`]).
+#[derive(Debug, Default)]
+pub(crate) struct Dirty {
+    pub keys: BTreeSet<Vec<u8>>,
+}
+
+impl Dirty {
+    fn touch(&mut self, tag: u8, key: &[u8]) {
+        self.keys.insert(kv_key(tag, key));
+    }
 }
 
 /// The distinct stores and tills of some redemptions.
@@ -253,6 +422,7 @@ impl Engine {
             masker,
             state,
             counts: RuleCounts::default(),
+            dirty: Dirty::default(),
         }
     }
 
@@ -273,6 +443,7 @@ impl Engine {
             return Admission::TooLate;
         }
         self.state.seen.insert(ev.event_id, ms);
+        self.dirty.touch(TAG_SEEN, ev.event_id.as_bytes());
         Admission::Judge
     }
 
@@ -326,6 +497,7 @@ impl Engine {
                 // A cancelled sale releases its coupons: nothing is kept by a later return.
                 if let Some(sid) = &ev.session_id {
                     self.state.sales.remove(sid);
+                    self.dirty.touch(TAG_SALE, sid.as_bytes());
                 }
             }
             Body::ManualOverride(_) => {
@@ -357,11 +529,9 @@ impl Engine {
     /// the cool-down (then it is merged into that one and nothing is written).
     fn emit(&mut self, t: Trigger, watermark_before: Option<i64>) -> Option<pb::FraudAlert> {
         let cooldown = ms_of(self.cfg.alert_cooldown);
-        let starts = self
-            .state
-            .alerted
-            .entry(format!("{}|{}", t.rule.code(), t.subject))
-            .or_default();
+        let key = format!("{}|{}", t.rule.code(), t.subject);
+        self.dirty.touch(TAG_ALERTED, key.as_bytes());
+        let starts = self.state.alerted.entry(key).or_default();
         if starts
             .iter()
             .any(|w| (w.saturating_sub(t.window_start_ms)).abs() < cooldown)
@@ -454,7 +624,10 @@ impl Engine {
 
     /// Updates the till's clock and online marks.
     fn track_till(&mut self, ev: &TillEvent, ms: i64) {
-        let till = self.state.tills.entry(ev.till_key()).or_default();
+        let key = ev.till_key();
+        self.dirty.touch(TAG_TILL, key.as_bytes());
+        self.dirty.touch(TAG_TILL, key.as_bytes());
+        let till = self.state.tills.entry(key).or_default();
         till.last_ms = till.last_ms.max(ms);
         // A till_status says itself whether the till is online; any other event made online
         // shows the till could reach the core at that time.
@@ -476,6 +649,7 @@ impl Engine {
             ms_of(c.window),
         );
         let subject = self.masker.subject(code);
+        self.dirty.touch(TAG_COUPON, subject.as_bytes());
         let hits = self.state.coupons.entry(subject.clone()).or_default();
         insert_sorted(
             hits,
@@ -598,6 +772,7 @@ impl Engine {
         let cashier = ev.cashier_id.clone()?;
         let max = i64::from(self.cfg.override_rate.max_overrides);
         let len = ms_of(self.cfg.override_rate.window);
+        self.dirty.touch(TAG_CASHIER, cashier.as_bytes());
         let hits = self.state.cashiers.entry(cashier.clone()).or_default();
         insert_sorted(
             hits,
@@ -658,7 +833,9 @@ impl Engine {
                 .collect(),
         };
         self.state.sales.insert(sid.clone(), entry);
+        self.dirty.touch(TAG_SALE, sid.as_bytes());
         // Returns that synced before their sale are judged now.
+        self.dirty.touch(TAG_RETURNS, sid.as_bytes());
         let waiting = self.state.returns.remove(&sid).unwrap_or_default();
         waiting
             .into_iter()
@@ -668,6 +845,7 @@ impl Engine {
 
     fn on_return(&mut self, original: &str, ret: ReturnEntry) -> Option<Trigger> {
         let Some(sale) = self.state.sales.get(original) else {
+            self.dirty.touch(TAG_RETURNS, original.as_bytes());
             let waiting = self.state.returns.entry(original.to_owned()).or_default();
             if waiting.len() < MAX_PENDING_RETURNS_PER_SESSION {
                 waiting.push(ret);
@@ -677,6 +855,7 @@ impl Engine {
         if ret.refund_minor >= sale.total_minor {
             // A full return releases the coupons (as the router decides): nothing kept.
             self.state.sales.remove(original);
+            self.dirty.touch(TAG_SALE, original.as_bytes());
             return None;
         }
         let len = ms_of(self.cfg.return_after_redemption.window);
@@ -721,34 +900,45 @@ impl Engine {
 
     /// Drops everything that can no longer matter (its window ends before `horizon`).
     fn expire(&mut self, horizon: i64) {
+        // Every entry that shrinks or goes is marked for the next commit.
+        let mut touched: Vec<Vec<u8>> = Vec::new();
         let s = &mut self.state;
-        s.seen.retain(|_, ms| *ms >= horizon);
+        s.seen.retain(|id, ms| {
+            let keep = *ms >= horizon;
+            if !keep {
+                touched.push(kv_key(TAG_SEEN, id.as_bytes()));
+            }
+            keep
+        });
         let vel = ms_of(self.cfg.coupon_velocity.window);
-        s.coupons.retain(|_, hits| {
-            hits.retain(|h| h.ms.saturating_add(vel) >= horizon);
-            !hits.is_empty()
+        trim(&mut s.coupons, TAG_COUPON, &mut touched, |h| {
+            h.ms.saturating_add(vel) >= horizon
         });
         let ovr = ms_of(self.cfg.override_rate.window);
-        s.cashiers.retain(|_, hits| {
-            hits.retain(|h| h.ms.saturating_add(ovr) >= horizon);
-            !hits.is_empty()
+        trim(&mut s.cashiers, TAG_CASHIER, &mut touched, |h| {
+            h.ms.saturating_add(ovr) >= horizon
         });
         let rar = ms_of(self.cfg.return_after_redemption.window);
-        s.sales.retain(|_, e| e.ms.saturating_add(rar) >= horizon);
-        s.returns.retain(|_, v| {
-            v.retain(|r| r.ms >= horizon);
-            !v.is_empty()
+        s.sales.retain(|sid, e| {
+            let keep = e.ms.saturating_add(rar) >= horizon;
+            if !keep {
+                touched.push(kv_key(TAG_SALE, sid.as_bytes()));
+            }
+            keep
+        });
+        trim(&mut s.returns, TAG_RETURNS, &mut touched, |r| {
+            r.ms >= horizon
         });
         let longest = [vel, ovr, rar, ms_of(self.cfg.clock_drift.max_drift)]
             .into_iter()
             .max()
             .unwrap_or(0)
             .saturating_add(ms_of(self.cfg.alert_cooldown));
-        s.alerted.retain(|_, v| {
-            v.retain(|w| w.saturating_add(longest) >= horizon);
-            !v.is_empty()
+        trim(&mut s.alerted, TAG_ALERTED, &mut touched, |w| {
+            w.saturating_add(longest) >= horizon
         });
-        for till in s.tills.values_mut() {
+        for (key, till) in s.tills.iter_mut() {
+            let before = (till.syncs.len(), till.offline.len(), till.carried.clone());
             // Offline value up to the last sync before the horizon is closed for good; what is
             // still open from before the horizon is summed into `carried`.
             let k = till.syncs.partition_point(|t| *t < horizon);
@@ -773,17 +963,69 @@ impl Engine {
                 c.value_minor = c.value_minor.saturating_add(h.value_minor);
                 c.count += 1;
             }
+            if before != (till.syncs.len(), till.offline.len(), till.carried.clone()) {
+                touched.push(kv_key(TAG_TILL, key.as_bytes()));
+            }
         }
-        self.state
-            .tills
-            .retain(|_, t| t.last_ms >= horizon || !t.offline.is_empty() || t.carried.is_some());
+        s.tills.retain(|key, t| {
+            let keep = t.last_ms >= horizon || !t.offline.is_empty() || t.carried.is_some();
+            if !keep {
+                touched.push(kv_key(TAG_TILL, key.as_bytes()));
+            }
+            keep
+        });
+        self.dirty.keys.extend(touched);
     }
+}
+
+/// Keeps the items of each list that `keep` accepts and drops emptied lists, noting every key
+/// whose list changed.
+fn trim<T>(
+    map: &mut BTreeMap<String, Vec<T>>,
+    tag: u8,
+    touched: &mut Vec<Vec<u8>>,
+    keep: impl Fn(&T) -> bool,
+) {
+    map.retain(|k, v| {
+        let before = v.len();
+        v.retain(&keep);
+        if v.len() != before {
+            touched.push(kv_key(tag, k.as_bytes()));
+        }
+        !v.is_empty()
+    });
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_round_trips_through_its_entries() {
+        let mut s = State::default();
+        s.offsets.entry("t".into()).or_default().insert(3, 42);
+        s.watermark_ms = Some(7);
+        s.seen.insert(Uuid::from_u128(9), -5);
+        s.coupons.insert(
+            "coupon:AB…CD#00".into(),
+            vec![CouponHit {
+                ms: 1,
+                event_id: Uuid::from_u128(1),
+                store: "s".into(),
+                till: "t".into(),
+            }],
+        );
+        s.alerted.insert("X|y".into(), vec![1, 2]);
+        s.gaps.read_ms.insert(0, 11);
+        let kv = s.to_kv().unwrap();
+        for (k, v) in kv.iter().filter(|(k, _)| k != META_KEY) {
+            assert_eq!(s.entry(k).unwrap().as_ref(), Some(v), "{k:?}");
+        }
+        let back = State::from_kv(kv).unwrap();
+        assert_eq!(back, s);
+        assert!(State::from_kv(vec![(b"z/1".to_vec(), vec![])]).is_err());
+    }
 
     #[test]
     fn best_window_prefers_the_fullest_window_containing_t() {

@@ -33,7 +33,7 @@ const MAX_ALERT_STARTS_PER_TILL: usize = 32;
 
 /// A jump in one till's sequence, waiting to be judged.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct OpenGap {
+pub(crate) struct OpenGap {
     till: String,
     partition: i32,
     /// The event whose `till_seq` revealed the gap, its number and event time.
@@ -49,7 +49,7 @@ struct OpenGap {
 
 /// What the rule keeps per till.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct GapTill {
+pub(crate) struct GapTill {
     highest_seq: u64,
     /// Window starts of the alerts written (for the cool-down), oldest first.
     alerted: Vec<i64>,
@@ -59,10 +59,10 @@ struct GapTill {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct GapState {
     /// Newest record time read, per `till.events` partition.
-    read_ms: BTreeMap<i32, i64>,
-    tills: BTreeMap<String, GapTill>,
+    pub(crate) read_ms: BTreeMap<i32, i64>,
+    pub(crate) tills: BTreeMap<String, GapTill>,
     /// Sorted by `due_record_ms`.
-    open: Vec<OpenGap>,
+    pub(crate) open: Vec<OpenGap>,
 }
 
 impl GapState {

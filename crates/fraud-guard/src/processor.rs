@@ -1,6 +1,6 @@
 //! [`FraudGuard`]: decoding, replay protection, persistence; the rules live in `engine`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use prost::Message;
@@ -16,9 +16,9 @@ use crate::engine::{Admission, Engine, State};
 use crate::Error;
 
 /// Layout version of the state; a store of another layout is rebuilt from the topics.
-const STATE_FORMAT: &str = "fraud-guard-v3";
-/// The sled key holding the whole state together with the offsets it reflects.
-const STATE_KEY: &[u8] = b"state";
+const STATE_FORMAT: &str = "fraud-guard-v4";
+/// The sled tree of the state: one entry per key (`State::to_kv`), the offsets among them.
+const STATE_TREE: &str = "state";
 /// Content type of the alerts written.
 const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
 
@@ -44,8 +44,9 @@ pub struct FraudGuardStats {
 /// The fraud-guard processor.
 ///
 /// **Guarantee.** `process` applies a batch to the in-memory state and returns its alerts;
-/// `commit`, called by the stage loop once those alerts are durable, writes the whole state and
-/// the offsets it reflects as one sled value and flushes it. On restart, records at or below
+/// `commit`, called by the stage loop once those alerts are durable, writes the entries the
+/// batch changed (one sled entry per event id, coupon, till, cashier, sale...; expired ones
+/// removed) together with the offsets they reflect as one sled batch, and flushes it. On restart, records at or below
 /// the stored offsets are skipped, so a replayed batch never counts twice; a batch replayed
 /// because the crash came before `commit` is judged again from the same state and yields alerts
 /// with the same ids.
@@ -53,6 +54,9 @@ pub struct FraudGuardStats {
 pub struct FraudGuard {
     topics: Topics,
     store: StateStore,
+    tree: sled::Tree,
+    /// The entries as last written, to write only what a batch changed.
+    persisted: HashMap<Vec<u8>, Vec<u8>>,
     engine: Engine,
     stats: FraudGuardStats,
 }
@@ -72,14 +76,20 @@ impl FraudGuard {
     ) -> Result<Self, Error> {
         cfg.validate()?;
         let store = StateStore::open(&state_dir.join("fraud-guard"), STATE_FORMAT)?;
-        let state = match store.db().get(STATE_KEY).map_err(|e| store.err(e))? {
-            Some(bytes) => serde_json::from_slice::<State>(&bytes).map_err(state_err)?,
-            None => State::default(),
-        };
+        let tree = store.tree(STATE_TREE)?;
+        let mut persisted = HashMap::new();
+        for item in tree.iter() {
+            let (k, v) = item.map_err(|e| store.err(e))?;
+            persisted.insert(k.to_vec(), v.to_vec());
+        }
+        let state = State::from_kv(persisted.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .map_err(state_err)?;
         Ok(FraudGuard {
             topics: topics.clone(),
             engine: Engine::new(cfg, CodeMasker::new(report_key), state),
             store,
+            tree,
+            persisted,
             stats: FraudGuardStats::default(),
         })
     }
@@ -105,6 +115,22 @@ impl FraudGuard {
     /// flat over a long run with a stable fleet.
     pub fn state_entries(&self) -> usize {
         self.engine.state.entries()
+    }
+
+    /// Whether the state on disk (as of the last commit) is the state in memory: every entry
+    /// written and nothing stale. For tests of the incremental writes.
+    #[doc(hidden)]
+    pub fn persisted_matches_memory(&self) -> bool {
+        let Ok(kv) = self.engine.state.to_kv() else {
+            return false;
+        };
+        let on_disk: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .tree
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        on_disk == kv.into_iter().collect::<BTreeMap<_, _>>()
     }
 
     /// The newest event time seen (ms since the epoch).
@@ -218,11 +244,47 @@ impl Processor for FraudGuard {
     }
 
     async fn commit(&mut self) -> Result<(), Error> {
-        // One value for the state and its offsets: they are durable together or not at all.
-        let bytes = serde_json::to_vec(&self.engine.state).map_err(state_err)?;
-        self.store
-            .db()
-            .insert(STATE_KEY, bytes)
+        // Only the entries the batch changed, and the removal of those it expired, in one sled
+        // batch with the offsets: durable together or not at all, and the disk holds what is
+        // live rather than a copy of the whole state per batch.
+        let mut batch = sled::Batch::default();
+        let dirty = std::mem::take(&mut self.engine.dirty);
+        let state = &self.engine.state;
+        let small = state.small_kv().map_err(state_err)?;
+        // Sequence state of tills no longer kept (small entries, compared in full).
+        let gone: Vec<Vec<u8>> = self
+            .persisted
+            .keys()
+            .filter(|k| k.first() == Some(&b'g') && !small.iter().any(|(s, _)| s == *k))
+            .cloned()
+            .collect();
+        let changed = dirty
+            .keys
+            .into_iter()
+            .map(|k| state.entry(&k).map(|v| (k, v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(state_err)?;
+        for (k, v) in small
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .chain(changed)
+            .chain(gone.into_iter().map(|k| (k, None)))
+        {
+            match v {
+                Some(v) if self.persisted.get(&k) != Some(&v) => {
+                    batch.insert(k.as_slice(), v.as_slice());
+                    self.persisted.insert(k, v);
+                }
+                Some(_) => {}
+                None => {
+                    if self.persisted.remove(&k).is_some() {
+                        batch.remove(k.as_slice());
+                    }
+                }
+            }
+        }
+        self.tree
+            .apply_batch(batch)
             .map_err(|e| self.store.err(e))?;
         self.store.flush().await?;
         Ok(())
