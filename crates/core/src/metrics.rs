@@ -87,12 +87,13 @@ pub static DEDUP_INDEX_ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         &[],
     )
 });
-/// Receipts never seen below a till's highest sequence number.
+/// Receipts never seen below their till's highest sequence number, over all tills (one series:
+/// a label per till would grow with the fleet).
 pub static TILL_SEQUENCE_GAPS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(
         "tillbridge_till_sequence_gaps",
-        "Missing till_seq numbers below the highest seen, per till.",
-        &["till"],
+        "Missing till_seq numbers below the highest seen, over all tills.",
+        &[],
     )
 });
 /// Consumer lag per partition.

@@ -104,6 +104,8 @@ pub struct Ingest {
     /// Staged changes of the batch in flight.
     staged_sessions: BTreeMap<String, SessionEntry>,
     staged_tills: BTreeMap<String, TillGaps>,
+    /// Change of the missing receipts over all tills in the batch in flight.
+    staged_gap_delta: i64,
     /// Records routed per destination topic in the batch in flight.
     staged_routed: BTreeMap<String, u64>,
     /// Highest event time accepted (ms), the dedup window's reference.
@@ -132,15 +134,27 @@ impl Ingest {
         stats
             .dedup_index_size
             .store(dedup.len() as u64, Ordering::Relaxed);
+        let tills = store.tree("tills")?;
+        let mut missing = 0i64;
+        for item in tills.iter() {
+            let (_, v) = item.map_err(state_err)?;
+            if let Ok(g) = serde_json::from_slice::<TillGaps>(&v) {
+                missing += g.missing.len() as i64;
+            }
+        }
+        metrics::TILL_SEQUENCE_GAPS
+            .with_label_values::<&str>(&[])
+            .set(missing);
         Ok(Ingest {
             router: Router::new(topics.clone()),
             sessions: store.tree("sessions")?,
-            tills: store.tree("tills")?,
+            tills,
             meta,
             store,
             dedup,
             staged_sessions: BTreeMap::new(),
             staged_tills: BTreeMap::new(),
+            staged_gap_delta: 0,
             staged_routed: BTreeMap::new(),
             watermark_ms,
             cfg,
@@ -381,7 +395,9 @@ impl Ingest {
         self.watermark_ms = Some(self.watermark_ms.map_or(reference, |w| w.max(reference)));
         let till_key = ev.till_key();
         let mut gaps = self.till(&till_key)?;
+        let before = gaps.missing.len() as i64;
         gaps.observe(ev.till_seq);
+        self.staged_gap_delta += gaps.missing.len() as i64 - before;
         self.staged_tills.insert(till_key, gaps);
         let out = self.route(&ev, &raw, rec.timestamp_ms)?;
         for o in &out {
@@ -426,9 +442,6 @@ impl Processor for Ingest {
         }
         let mut tills = sled::Batch::default();
         for (k, v) in std::mem::take(&mut self.staged_tills) {
-            metrics::TILL_SEQUENCE_GAPS
-                .with_label_values(&[k.as_str()])
-                .set(v.missing.len() as i64);
             let bytes = serde_json::to_vec(&v).map_err(|e| Error::State(e.to_string()))?;
             tills.insert(k.as_bytes(), bytes);
         }
@@ -457,6 +470,9 @@ impl Processor for Ingest {
             })
             .map_err(|e| Error::State(format!("state transaction: {e:?}")))?;
         let expired = self.dedup.committed(&dedup);
+        metrics::TILL_SEQUENCE_GAPS
+            .with_label_values::<&str>(&[])
+            .add(std::mem::take(&mut self.staged_gap_delta));
         self.store.flush().await?;
         let routed = std::mem::take(&mut self.staged_routed);
         if let Ok(mut total) = self.stats.routed.lock() {

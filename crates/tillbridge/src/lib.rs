@@ -712,38 +712,35 @@ pub fn write_report(config: &Config, out: &Path) -> anyhow::Result<Vec<PathBuf>>
     Ok(report.write(out)?)
 }
 
-/// Serves the metrics in Prometheus text format on `addr` (any path) until `shutdown`; returns
-/// the bound address (so `127.0.0.1:0` picks a free port).
+/// Serves the metrics in Prometheus text format at `GET /metrics` on `addr` until `shutdown`
+/// (other paths 404, other methods 405, connections served concurrently); returns the bound
+/// address (so `127.0.0.1:0` picks a free port).
 pub async fn serve_metrics(
     addr: std::net::SocketAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics address {addr}"))?;
     let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                tillbridge_core::metrics::render(),
+            )
+        }),
+    );
     tokio::spawn(async move {
-        loop {
-            let (mut conn, _) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metrics accept failed");
-                        continue;
-                    }
-                },
-            };
-            // One small request at a time: a scrape is rare and the body is built in memory.
-            let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await;
-            let body = tillbridge_core::metrics::render();
-            let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(response.as_bytes()).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "metrics listener stopped");
         }
     });
     Ok(bound)
