@@ -19,6 +19,8 @@ fn is_lock_error(e: &sled::Error) -> bool {
 /// background thread after the last handle is dropped. A lock still held after that belongs to
 /// another process, and is an error, never a sign of damage.
 pub(crate) fn open_sled(path: &Path) -> std::result::Result<sled::Db, sled::Error> {
+    // State holds coupon codes (bearer secrets) and profile ids: only the owner may read it.
+    private_dir(path)?;
     let start = std::time::Instant::now();
     loop {
         match sled::open(path) {
@@ -27,6 +29,41 @@ pub(crate) fn open_sled(path: &Path) -> std::result::Result<sled::Db, sled::Erro
             }
             other => return other,
         }
+    }
+}
+
+/// Creates `path` (and its parents) and makes it readable by its owner only (0700), also when
+/// it existed with wider permissions.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path`, created or truncated, readable by its owner only (0600).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let mut f = options.open(path)?;
+        // A file that existed keeps its mode through `open`: narrow it.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        return f.sync_all();
+    }
+    #[cfg(not(unix))]
+    {
+        let mut f = options.open(path)?;
+        f.write_all(bytes)?;
+        f.sync_all()
     }
 }
 

@@ -420,7 +420,8 @@ impl Report {
     /// Writes report.json, report.csv and report.html into `out_dir` (created when missing) and
     /// returns their paths.
     pub fn write(&self, out_dir: &Path) -> Result<Vec<PathBuf>, Error> {
-        std::fs::create_dir_all(out_dir).map_err(|source| Error::Io {
+        // Reports name coupons and profiles: readable by their owner only.
+        tillbridge_core::store::private_dir(out_dir).map_err(|source| Error::Io {
             path: out_dir.to_owned(),
             source,
         })?;
@@ -432,9 +433,11 @@ impl Report {
         let mut paths = Vec::with_capacity(files.len());
         for (name, body) in files {
             let path = out_dir.join(name);
-            std::fs::write(&path, body).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
+            tillbridge_core::store::write_private(&path, body.as_bytes()).map_err(|source| {
+                Error::Io {
+                    path: path.clone(),
+                    source,
+                }
             })?;
             paths.push(path);
         }

@@ -7,6 +7,7 @@
 //! - [`demo`]: a simulated POS fleet through every stage, ending in a reconciliation report.
 
 pub mod demo;
+pub mod logging;
 pub mod publish;
 pub mod sim;
 

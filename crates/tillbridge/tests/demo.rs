@@ -216,3 +216,37 @@ async fn html_report_renders_in_a_headless_browser() {
         std::fs::copy(&shot, keep).unwrap();
     }
 }
+
+/// Every sled directory (state of each stage, the embedded log) under `dir`.
+#[cfg(unix)]
+fn sled_dirs(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            if p.join("conf").exists() {
+                out.push(p.clone());
+            }
+            sled_dirs(&p, out);
+        }
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_log_and_reports_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let out = tempfile::tempdir().unwrap();
+    tillbridge::demo::run(5, out.path(), CancellationToken::new())
+        .await
+        .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mut dirs = Vec::new();
+    sled_dirs(out.path(), &mut dirs);
+    assert!(dirs.len() >= 4, "the log and three stages' state: {dirs:?}");
+    for d in &dirs {
+        assert_eq!(mode(d), 0o700, "{}", d.display());
+    }
+    for name in ["report.json", "report.csv", "report.html"] {
+        assert_eq!(mode(&out.path().join(name)), 0o600, "{name}");
+    }
+}
