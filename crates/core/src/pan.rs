@@ -278,8 +278,68 @@ pub fn contains(s: &str) -> bool {
 }
 
 /// `bytes` with every byte of every digit of every PAN replaced by `*` (length and separators
-/// kept).
+/// kept). A PAN written with JSON escapes (`\u0034111…`, possibly mixed with plain digits) is
+/// found once the escapes are decoded; then every escaped digit is replaced by `*` as well.
 pub fn redact(bytes: &[u8]) -> Vec<u8> {
+    let plain = redact_plain(bytes);
+    let escapes = digit_escapes(&plain);
+    if escapes.is_empty() {
+        return plain;
+    }
+    // The text with its digit escapes decoded (each to one ASCII digit, the other bytes kept).
+    let mut decoded = Vec::with_capacity(plain.len());
+    let mut starred = Vec::with_capacity(plain.len());
+    let mut at = 0;
+    for (start, digit) in &escapes {
+        decoded.extend_from_slice(&plain[at..*start]);
+        decoded.push(*digit);
+        starred.extend_from_slice(&plain[at..*start]);
+        starred.push(b'*');
+        at = start + 6;
+    }
+    decoded.extend_from_slice(&plain[at..]);
+    starred.extend_from_slice(&plain[at..]);
+    if find(&decoded).is_empty() {
+        plain
+    } else {
+        redact_plain(&starred)
+    }
+}
+
+/// Where `\uXXXX` escapes of a decimal digit start, with the ASCII digit they stand for.
+fn digit_escapes(bytes: &[u8]) -> Vec<(usize, u8)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 6 <= bytes.len() {
+        if bytes[i] == b'\\' && bytes[i + 1] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if bytes[i] == b'\\' && (bytes[i + 1] == b'u' || bytes[i + 1] == b'U') {
+            let hex = std::str::from_utf8(&bytes[i + 2..i + 6]).ok();
+            let digit = hex
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .and_then(escaped_digit);
+            if let Some(d) = digit {
+                out.push((i, b'0' + d));
+                i += 6;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The value of a decimal digit code point: ASCII, full-width, Arabic-Indic (both), Devanagari.
+fn escaped_digit(cp: u32) -> Option<u8> {
+    [0x30, 0xff10, 0x660, 0x6f0, 0x966]
+        .into_iter()
+        .find(|zero| (*zero..*zero + 10).contains(&cp))
+        .and_then(|zero| u8::try_from(cp - zero).ok())
+}
+
+fn redact_plain(bytes: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
     for (start, end) in find(bytes) {
         for (s, e, class) in classify(&bytes[start..end]) {
@@ -343,6 +403,36 @@ fn luhn(digits: &[u8]) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The text of `bytes` with JSON escapes decoded, as a JSON reader sees it.
+    fn json_text(bytes: &[u8]) -> String {
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        v.to_string()
+    }
+
+    #[test]
+    fn a_pan_written_with_json_escapes_is_redacted() {
+        for doc in [
+            r#"{"sku":"\u0034\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031"}"#,
+            r#"{"sku":"4\u003111111111111111"}"#,
+            r#"{"sku":"\u0034111 1111 1111 1111"}"#,
+            r#"{"sku":"\uff14\uff11\uff11\uff11111111111111"}"#,
+        ] {
+            assert!(
+                contains(&json_text(doc.as_bytes())),
+                "the probe holds a PAN: {doc}"
+            );
+            let out = redact(doc.as_bytes());
+            let text = json_text(&out);
+            assert!(!contains(&text), "{doc} -> {text}");
+        }
+        // Escaped digits that make no PAN are kept.
+        let doc = br#"{"sku":"\u0031\u0032\u0033"}"#;
+        assert_eq!(redact(doc), doc.to_vec());
+        // An escaped backslash is not an escape.
+        let doc = br#"{"sku":"\\u0034111111111111111"}"#;
+        assert_eq!(redact(doc), doc.to_vec());
+    }
 
     #[test]
     fn finds_plain_spaced_and_dashed_pans() {

@@ -7,6 +7,7 @@
 //! - [`to_json`]: the proto3 JSON form of any contract message, as an outside client writes it.
 
 mod convert;
+mod dupkeys;
 
 use std::sync::OnceLock;
 
@@ -87,6 +88,12 @@ pub fn from_json<M: Message + Default>(name: &str, payload: &[u8]) -> Result<M, 
     let desc = pool().get_message_by_name(name).ok_or_else(|| {
         Rejection::new(RejectReason::DecodeError, format!("unknown message {name}"))
     })?;
+    if let Some(dup) = dupkeys::duplicate_key(payload) {
+        return Err(Rejection::new(
+            RejectReason::DecodeError,
+            format!("invalid JSON: {dup}"),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(payload);
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
     let dynamic = DynamicMessage::deserialize_with_options(desc, &mut de, &opts)

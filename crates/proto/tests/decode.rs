@@ -298,3 +298,21 @@ fn amounts_are_bounded_totals_never_negative_and_never_echoed() {
     assert!(!r.detail.contains("4111"), "{}", r.detail);
     assert!(!tillbridge_core::pan::contains(&r.detail));
 }
+
+#[test]
+fn a_field_given_twice_is_refused_whatever_its_spelling() {
+    // The same key twice: a reader keeping the first value and one keeping the last would see
+    // two different events.
+    let twice = SALE.replace(r#""sku":"A","#, r#""sku":"4111 1111 1111 1111","sku":"A","#);
+    let r = decode_till_event(twice.as_bytes(), None).unwrap_err();
+    assert_eq!(r.reason, RejectReason::DecodeError);
+    assert!(r.detail.contains("duplicate key \"sku\""), "{}", r.detail);
+    assert!(!tillbridge_core::pan::contains(&r.detail), "{}", r.detail);
+    // Both proto3 JSON spellings of one field.
+    let both = SALE.replace(r#""storeId":"S1","#, r#""storeId":"S1","store_id":"S2","#);
+    assert_eq!(
+        reject(&both),
+        RejectReason::DecodeError,
+        "storeId and store_id"
+    );
+}
