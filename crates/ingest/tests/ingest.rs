@@ -313,3 +313,24 @@ async fn one_record_stamped_far_ahead_does_not_expire_the_dedup_window() {
     ing.commit().await.unwrap();
     assert!(out.is_empty(), "every resend is still a duplicate: {out:?}");
 }
+
+#[tokio::test]
+async fn a_card_number_in_json_escapes_is_dead_lettered_and_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ing = Ingest::open(dir.path(), Topics::default(), IngestConfig::default()).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let json = tillbridge_proto::to_json(&event(7, 1, now)).replace(
+        r#""sku":"A""#,
+        r#""sku":"\u0034\u0031\u0031\u0031 1111 1111 1111""#,
+    );
+    assert!(json.contains(r"\u0034"), "{json}");
+    let mut rec = record(0, json.into_bytes(), now);
+    rec.headers = vec![("content-type".into(), b"application/json".to_vec())];
+    let out = ing.process(&[rec]).unwrap();
+    assert_eq!(reasons(&out), vec!["CARD_DATA"]);
+    let dl = pb::DeadLetter::decode(out[0].payload.as_deref().unwrap()).unwrap();
+    let decoded: serde_json::Value = serde_json::from_slice(&dl.original).unwrap();
+    let text = decoded.to_string();
+    assert!(!tillbridge_core::pan::contains(&text), "{text}");
+    assert!(text.contains("*"), "{text}");
+}
