@@ -38,6 +38,14 @@ pub trait Processor: Send {
         Order::Arrival
     }
 
+    /// The next offset of each input partition as the processor's durable state reflects it
+    /// (the offsets are stored with the state). A source resumes there rather than at the
+    /// group's committed offset, which only follows the state. Empty when the state keeps no
+    /// positions.
+    fn positions(&self) -> Result<std::collections::BTreeMap<(String, i32), i64>, Self::Error> {
+        Ok(Default::default())
+    }
+
     /// Whether the processor's state starts empty (new or rebuilt after damage), so that its
     /// inputs must be read from the beginning to rebuild it.
     fn fresh_state(&self) -> bool {

@@ -206,6 +206,16 @@ impl Processor for FraudGuard {
         Order::RecordTime
     }
 
+    fn positions(&self) -> Result<BTreeMap<(String, i32), i64>, Error> {
+        Ok(self
+            .engine
+            .state
+            .offsets
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| ((t.clone(), *p), o + 1)))
+            .collect())
+    }
+
     fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Error> {
         let mut out = Vec::new();
         // What a replay skips is judged against the offsets stored before this batch.

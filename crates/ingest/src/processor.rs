@@ -106,6 +106,8 @@ pub struct Ingest {
     staged_tills: BTreeMap<String, TillGaps>,
     /// Change of the missing receipts over all tills in the batch in flight.
     staged_gap_delta: i64,
+    /// Next offset per input partition after the batch in flight.
+    staged_offsets: BTreeMap<(String, i32), i64>,
     /// Records routed per destination topic in the batch in flight.
     staged_routed: BTreeMap<String, u64>,
     /// Highest event time accepted (ms), the dedup window's reference.
@@ -114,6 +116,9 @@ pub struct Ingest {
 }
 
 use sled::transaction::{ConflictableTransactionError, Transactional};
+
+/// Prefix of the input positions in the `meta` tree.
+const OFFSET_PREFIX: &[u8] = b"off/";
 
 fn state_err(e: sled::Error) -> Error {
     Error::State(e.to_string())
@@ -155,6 +160,7 @@ impl Ingest {
             staged_sessions: BTreeMap::new(),
             staged_tills: BTreeMap::new(),
             staged_gap_delta: 0,
+            staged_offsets: BTreeMap::new(),
             staged_routed: BTreeMap::new(),
             watermark_ms,
             cfg,
@@ -426,6 +432,27 @@ impl Processor for Ingest {
         let mut out = Vec::with_capacity(batch.len() * 2);
         for rec in batch {
             out.extend(self.handle(rec)?);
+            let next = self
+                .staged_offsets
+                .entry((rec.topic.clone(), rec.partition))
+                .or_insert(rec.offset + 1);
+            *next = (*next).max(rec.offset + 1);
+        }
+        Ok(out)
+    }
+
+    fn positions(&self) -> Result<BTreeMap<(String, i32), i64>, Error> {
+        let mut out = BTreeMap::new();
+        for item in self.meta.scan_prefix(OFFSET_PREFIX) {
+            let (k, v) = item.map_err(state_err)?;
+            let key = String::from_utf8_lossy(&k[OFFSET_PREFIX.len()..]).into_owned();
+            let parsed = key
+                .rsplit_once('/')
+                .and_then(|(t, p)| p.parse::<i32>().ok().map(|p| (t.to_owned(), p)));
+            let next = <[u8; 8]>::try_from(v.as_ref()).ok().map(i64::from_be_bytes);
+            if let (Some(key), Some(next)) = (parsed, next) {
+                out.insert(key, next);
+            }
         }
         Ok(out)
     }
@@ -448,6 +475,17 @@ impl Processor for Ingest {
         let mut meta = sled::Batch::default();
         if let Some(w) = self.watermark_ms {
             meta.insert("watermark_ms", &w.to_be_bytes());
+        }
+        // The positions this state reflects, with it (see `Processor::positions`).
+        for ((topic, partition), next) in std::mem::take(&mut self.staged_offsets) {
+            meta.insert(
+                format!(
+                    "{}{topic}/{partition}",
+                    String::from_utf8_lossy(OFFSET_PREFIX)
+                )
+                .into_bytes(),
+                &next.to_be_bytes(),
+            );
         }
         // One transaction over every tree: a crash leaves all of the batch's state or none of
         // it (dedup entries without their session entries would drop the replays that could

@@ -902,6 +902,26 @@ impl Processor for Reconciler {
         Ok(out)
     }
 
+    fn positions(&self) -> Result<BTreeMap<(String, i32), i64>, Error> {
+        let mut out = BTreeMap::new();
+        for item in self.store.db().scan_prefix(PREFIX_OFFSET.as_bytes()) {
+            let (k, v) = item.map_err(|e| self.store.err(e))?;
+            let key = String::from_utf8_lossy(&k[PREFIX_OFFSET.len()..]).into_owned();
+            let Some((topic, partition)) = key
+                .rsplit_once('/')
+                .and_then(|(t, p)| p.parse::<i32>().ok().map(|p| (t.to_owned(), p)))
+            else {
+                continue;
+            };
+            let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| Error::Corrupt {
+                what: "offset",
+                detail: format!("{} bytes, expected 8", v.len()),
+            })?;
+            out.insert((topic, partition), i64::from_be_bytes(bytes) + 1);
+        }
+        Ok(out)
+    }
+
     async fn commit(&mut self) -> Result<(), Error> {
         if self.staged.is_empty() {
             return Ok(());

@@ -135,14 +135,15 @@ where
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     // New or rebuilt state: replay the inputs from the beginning.
     let from_start = processor.fresh_state();
+    let start = processor.positions()?;
     match transport {
         Transport::Embedded(log) => {
-            let mut source = log.source_from(name, &topics, from_start)?;
+            let mut source = log.source_at(name, &topics, from_start, &start)?;
             let sink = log.sink();
             Ok(stage::run(name, &mut source, &sink, processor, limits, until, shutdown).await?)
         }
         Transport::Kafka(k) => {
-            let mut source = k.source(name, &topics, from_start, processor.order())?;
+            let mut source = k.source(name, &topics, from_start, processor.order(), &start)?;
             let sink = k.sink()?;
             let result = stage::run(
                 name,

@@ -90,6 +90,24 @@ impl EmbeddedLog {
         self.source(group, topics)
     }
 
+    /// As [`EmbeddedLog::source_from`], but each partition in `start` resumes at that offset
+    /// (where the stage's state says it is; see `KafkaLog::source`).
+    pub fn source_at(
+        &self,
+        group: &str,
+        topics: &[&str],
+        from_start: bool,
+        start: &BTreeMap<(String, i32), i64>,
+    ) -> Result<EmbeddedSource> {
+        let mut source = self.source_from(group, topics, from_start)?;
+        for (key, next) in start {
+            if let Some(cursor) = source.cursors.get_mut(key) {
+                *cursor = u64::try_from(*next).unwrap_or(0);
+            }
+        }
+        Ok(source)
+    }
+
     /// A source reading `topics` for consumer `group`, from the group's stored positions.
     pub fn source(&self, group: &str, topics: &[&str]) -> Result<EmbeddedSource> {
         let positions = self

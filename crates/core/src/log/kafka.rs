@@ -55,12 +55,19 @@ impl KafkaLog {
     /// the group's committed offsets are first moved back to the beginning of every partition
     /// (the stage's state is new or was rebuilt, so it must replay its topics). With
     /// [`Order::RecordTime`], `topics` must be one topic.
+    ///
+    /// `start` holds the next offset of each partition as the stage's state reflects it: the
+    /// state and its positions are written together, so they are the truth, and the committed
+    /// offsets only follow them. At its first assignment a partition resumes there instead of at
+    /// the committed offset: a state older than the commits (sled served an earlier version)
+    /// re-reads what it lacks, a state ahead of them skips what it already holds.
     pub fn source(
         &self,
         stage: &str,
         topics: &[&str],
         from_start: bool,
         order: Order,
+        start: &BTreeMap<(String, i32), i64>,
     ) -> Result<KafkaSource> {
         let merged = order == Order::RecordTime;
         if merged && topics.len() != 1 {
@@ -98,6 +105,7 @@ impl KafkaLog {
         let consumer: StreamConsumer<CommitBeforeRevoke> = c
             .create_with_context(CommitBeforeRevoke {
                 group: group.clone(),
+                start: std::sync::Mutex::new(start.clone()),
             })
             .map_err(kafka_err)?;
         if from_start {
@@ -136,6 +144,7 @@ impl KafkaLog {
         let consumer: StreamConsumer<CommitBeforeRevoke> = c
             .create_with_context(CommitBeforeRevoke {
                 group: group.clone(),
+                start: Default::default(),
             })
             .map_err(kafka_err)?;
         let timeout = Duration::from_secs(10);
@@ -282,6 +291,9 @@ fn kafka_err(e: KafkaError) -> Error {
 #[derive(Debug)]
 pub struct CommitBeforeRevoke {
     group: String,
+    /// Where the stage's state says each partition resumes (its next offset), applied at the
+    /// partition's first assignment instead of the committed offset. See [`KafkaLog::source`].
+    start: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 impl ClientContext for CommitBeforeRevoke {
@@ -299,6 +311,61 @@ impl ClientContext for CommitBeforeRevoke {
 }
 
 impl ConsumerContext for CommitBeforeRevoke {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr as E;
+        match err {
+            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Ok(mut start) = self.start.lock() {
+                    let keys: Vec<(String, i32)> = tpl
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition()))
+                        .collect();
+                    for key in keys {
+                        if let Some(next) = start.remove(&key) {
+                            tracing::info!(topic = %key.0, partition = key.1, next,
+                                "resuming where the stage's state is");
+                            // Only fails for a partition not in the list, which it is.
+                            let _ = tpl.set_partition_offset(&key.0, key.1, Offset::Offset(next));
+                        }
+                    }
+                }
+                self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
+                let assigned = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+                    _ => consumer.assign(tpl),
+                };
+                if let Err(e) = assigned {
+                    tracing::error!(error = %e, "assigning partitions failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+            }
+            E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                let revoked = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+                    _ => consumer.unassign(),
+                };
+                if let Err(e) = revoked {
+                    tracing::error!(error = %e, "revoking partitions failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Revoke(tpl));
+            }
+            other => {
+                let code: RDKafkaErrorCode = other.into();
+                tracing::warn!(error = %code, "rebalance error");
+                // As librdkafka asks: drop the assignment, the group rejoins.
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
