@@ -31,6 +31,15 @@ pub static RECORDS_CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["stage"],
     )
 });
+/// Records a stage read from the beginning of a topic before its own loop: compacted tables
+/// read to their end, or every input while its state is restored.
+pub static RECORDS_PRELOADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_records_preloaded_total",
+        "Records read from the beginning before a stage's loop (tables, or inputs while restoring).",
+        &["stage"],
+    )
+});
 /// Output records a stage made durable.
 pub static RECORDS_PRODUCED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(

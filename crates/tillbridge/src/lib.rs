@@ -133,9 +133,10 @@ where
     P: Processor,
 {
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-    // New or rebuilt state: replay the inputs from the beginning.
-    let from_start = processor.fresh_state();
+    // New or rebuilt state with no positions: replay the inputs from the beginning. (A
+    // restored state has positions: it resumes where its restore ended.)
     let start = processor.positions()?;
+    let from_start = processor.fresh_state() && start.is_empty();
     match transport {
         Transport::Embedded(log) => {
             let mut source = log.source_at(name, &topics, from_start, &start)?;
@@ -245,6 +246,9 @@ where
         sink.send(outputs.clone()).await?;
         processor.commit().await?;
         stage::count_produced(name, &outputs);
+        tillbridge_core::metrics::RECORDS_PRELOADED
+            .with_label_values(&[name])
+            .inc_by(batch.len() as u64);
         Ok(())
     }
     let mut reader = TableReader::new(transport, &format!("{name}.preload"), tables)?;

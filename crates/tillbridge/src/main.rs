@@ -115,7 +115,12 @@ async fn main() -> anyhow::Result<()> {
             println!("{summary}");
         }
         Command::Publish { file, topic, check } => {
-            let transport = Transport::from_config(&config)?;
+            // A check needs no log, so it works while `run` holds the embedded one.
+            let transport = if check {
+                None
+            } else {
+                Some(Transport::from_config(&config)?)
+            };
             let input: Box<dyn std::io::BufRead> = match file {
                 Some(f) if f.as_os_str() != "-" => Box::new(std::io::BufReader::new(
                     std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?,
@@ -124,8 +129,9 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = tillbridge::publish::publish(
                 input,
-                &transport,
+                transport.as_ref(),
                 &config.topics,
+                &config.ingest,
                 topic.as_deref(),
                 check,
             )

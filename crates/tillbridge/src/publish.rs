@@ -26,7 +26,7 @@ use std::io::BufRead;
 
 use base64::Engine as _;
 use serde::Deserialize;
-use tillbridge_core::config::Topics;
+use tillbridge_core::config::{IngestConfig, Topics};
 use tillbridge_core::domain::RejectReason;
 use tillbridge_core::log::{OutRecord, Record};
 use tillbridge_proto::{pb, Rejection};
@@ -167,6 +167,7 @@ fn headers_of(v: Option<serde_json::Value>) -> Result<Vec<(String, Vec<u8>)>, Re
 fn record_of(
     line: &str,
     topics: &Topics,
+    rules: &IngestConfig,
     topic_override: Option<&str>,
 ) -> Result<OutRecord, Rejection> {
     let trimmed = line.trim_start();
@@ -239,7 +240,7 @@ fn record_of(
             }
             String::new()
         }
-        Some(p) => check_payload(kind, p, content_type(&headers), key.as_deref())?,
+        Some(p) => check_payload(kind, p, content_type(&headers), key.as_deref(), ts, rules)?,
     };
     Ok(OutRecord {
         topic,
@@ -274,11 +275,36 @@ fn check_payload(
     payload: &[u8],
     content_type: Option<&[u8]>,
     key: Option<&str>,
+    ts: Option<i64>,
+    rules: &IngestConfig,
 ) -> Result<String, Rejection> {
+    if payload.len() > rules.max_payload_bytes {
+        return Err(Rejection::new(
+            RejectReason::Oversized,
+            format!(
+                "payload is {} bytes, the limit is {}",
+                payload.len(),
+                rules.max_payload_bytes
+            ),
+        ));
+    }
     match kind {
         Kind::TillEvent => {
             let raw = tillbridge_proto::decode_till_event(payload, content_type)?;
-            tillbridge_proto::validate(&raw)?;
+            let ev = tillbridge_proto::validate(&raw)?;
+            // Ingest's clock rule, against the record timestamp the line will get (its
+            // envelope's, else the time of appending, that is now).
+            let record_ms = ts.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+            let skew_ms = i64::try_from(rules.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+            let ahead = ev.occurred_at.timestamp_millis().saturating_sub(record_ms);
+            if ahead > skew_ms {
+                return Err(Rejection::new(
+                    RejectReason::ClockSkew,
+                    format!(
+                        "occurred_at is {ahead} ms ahead of the record timestamp; at most {skew_ms} ms allowed"
+                    ),
+                ));
+            }
             Ok(format!("{}/{}", raw.store_id, raw.till_id))
         }
         Kind::Coupon => {
@@ -311,15 +337,23 @@ fn check_payload(
     }
 }
 
-/// Reads `input` line by line; appends the valid records unless `check_only`. `topic` overrides
-/// the topic of every line.
+/// Reads `input` line by line; appends the valid records to `transport` unless `check_only`
+/// (which needs no transport, so it works while `run` holds the embedded log). Every rule
+/// ingest applies is applied (`rules`: size and clock skew too). `topic` overrides the topic of
+/// every line.
 pub async fn publish(
     mut input: impl BufRead,
-    transport: &Transport,
+    transport: Option<&Transport>,
     topics: &Topics,
+    rules: &IngestConfig,
     topic: Option<&str>,
     check_only: bool,
 ) -> anyhow::Result<PublishReport> {
+    let transport = match (transport, check_only) {
+        (Some(t), _) => Some(t),
+        (None, true) => None,
+        (None, false) => anyhow::bail!("publishing needs a transport"),
+    };
     let mut report = PublishReport {
         checked_only: check_only,
         ..Default::default()
@@ -345,7 +379,7 @@ pub async fn publish(
             continue;
         }
         report.lines += 1;
-        match record_of(line, topics, topic) {
+        match record_of(line, topics, rules, topic) {
             Ok(record) => {
                 if !check_only {
                     batch.push(record);
@@ -353,14 +387,14 @@ pub async fn publish(
             }
             Err(r) => report.problems.push((n, r.reason, r.detail)),
         }
-        if batch.len() >= PUBLISH_BATCH {
+        if let Some(t) = transport.filter(|_| batch.len() >= PUBLISH_BATCH) {
             report.published += batch.len() as u64;
-            transport.append(std::mem::take(&mut batch)).await?;
+            t.append(std::mem::take(&mut batch)).await?;
         }
     }
-    if !batch.is_empty() {
+    if let Some(t) = transport.filter(|_| !batch.is_empty()) {
         report.published += batch.len() as u64;
-        transport.append(batch).await?;
+        t.append(batch).await?;
     }
     Ok(report)
 }

@@ -52,9 +52,16 @@ async fn facts_before_their_definition_are_judged_against_the_whole_catalog() {
             ),
         ]
         .join("\n");
-        let report = tillbridge::publish::publish(lines.as_bytes(), &transport, &t, None, false)
-            .await
-            .unwrap();
+        let report = tillbridge::publish::publish(
+            lines.as_bytes(),
+            Some(&transport),
+            &t,
+            &Default::default(),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(report.rejected(), 0, "{report}");
 
         tillbridge::run(

@@ -36,10 +36,15 @@ fn report(config: &Config, dir: &std::path::Path) -> Vec<u8> {
     std::fs::read(dir.join("report.json")).unwrap()
 }
 
+/// Records a stage read: through its consumer group, or from the beginning before its loop (a
+/// restoring reconciler replays its inputs that way, then resumes where the replay ended).
 fn consumed(stage: &str) -> u64 {
     tillbridge_core::metrics::RECORDS_CONSUMED
         .with_label_values(&[stage])
         .get()
+        + tillbridge_core::metrics::RECORDS_PRELOADED
+            .with_label_values(&[stage])
+            .get()
 }
 
 /// Every stage's consumer group and the topics it reads.

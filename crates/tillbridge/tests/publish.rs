@@ -73,13 +73,13 @@ async fn every_contract_topic_from_bare_lines_and_envelopes_each_line_on_its_own
     line(&envelope(
         "till.events",
         Some("S1/T1"),
-        1_762_078_600_123,
+        1_793_614_600_123,
         serde_json::Value::String(sale_with_id("3a0e1c55-7b7e-4d6c-8a3b-0d8f5e2c1b22")),
     ));
     // 3: a protobuf till event, base64 in the envelope.
     line(
         &serde_json::json!({
-            "topic": "till.events", "key": "S1/T1", "ts": 1_762_078_700_000i64,
+            "topic": "till.events", "key": "S1/T1", "ts": 1_793_614_700_000i64,
             "payload_base64": base64::engine::general_purpose::STANDARD.encode(&proto_sale),
         })
         .to_string(),
@@ -139,9 +139,16 @@ async fn every_contract_topic_from_bare_lines_and_envelopes_each_line_on_its_own
         serde_json::json!({}),
     ));
 
-    let report = publish(&input[..], &transport, &t, None, false)
-        .await
-        .unwrap();
+    let report = publish(
+        &input[..],
+        Some(&transport),
+        &t,
+        &Default::default(),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
     let problems: Vec<(u64, RejectReason)> =
         report.problems.iter().map(|(n, r, _)| (*n, *r)).collect();
     assert_eq!(
@@ -165,7 +172,7 @@ async fn every_contract_topic_from_bare_lines_and_envelopes_each_line_on_its_own
     }
     let stamped = events
         .iter()
-        .find(|e| e.timestamp_ms == Some(1_762_078_600_123))
+        .find(|e| e.timestamp_ms == Some(1_793_614_600_123))
         .expect("the envelope's record time is kept");
     assert_eq!(stamped.header("x-origin"), Some(&b"pos-7"[..]));
     assert_eq!(
@@ -174,7 +181,7 @@ async fn every_contract_topic_from_bare_lines_and_envelopes_each_line_on_its_own
     );
     let binary = events
         .iter()
-        .find(|e| e.timestamp_ms == Some(1_762_078_700_000))
+        .find(|e| e.timestamp_ms == Some(1_793_614_700_000))
         .unwrap();
     assert_eq!(binary.payload.as_deref(), Some(proto_sale.as_slice()));
     assert_eq!(binary.header("content-type"), None);
@@ -205,7 +212,7 @@ async fn a_captured_topic_replays_on_the_embedded_log_exactly() {
                 .into_bytes(),
         )
         .with_header("content-type", "application/json")
-        .with_timestamp(Some(1_762_078_600_000 + i64::from(i) * 1000));
+        .with_timestamp(Some(1_793_614_600_000 + i64::from(i) * 1000));
         if i % 5 == 0 {
             // protobuf, no header
             let e =
@@ -250,9 +257,16 @@ async fn a_captured_topic_replays_on_the_embedded_log_exactly() {
 
     let dst = tempfile::tempdir().unwrap();
     let (dst_log, dst_transport) = open(dst.path());
-    let report = publish(captured.as_bytes(), &dst_transport, &t, None, false)
-        .await
-        .unwrap();
+    let report = publish(
+        captured.as_bytes(),
+        Some(&dst_transport),
+        &t,
+        &Default::default(),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.rejected(), 0, "{report}");
     let strip = |v: Vec<Record>| -> Vec<Stripped> {
         v.into_iter()
@@ -264,4 +278,52 @@ async fn a_captured_topic_replays_on_the_embedded_log_exactly() {
         strip(one(&src_log, &t.till_events)),
         "same partition, key, value, record time and headers"
     );
+}
+
+#[test]
+fn check_applies_every_ingest_rule_and_works_while_the_log_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    // This process holds the embedded log, as `tillbridge run` would.
+    let (_log, _transport) = open(&log_dir);
+    let now = chrono::Utc::now();
+    let sale_at = |at: chrono::DateTime<chrono::Utc>, id: &str| {
+        format!(
+            r#"{{"eventId":"{id}","storeId":"S1","tillId":"T1","tillSeq":"1","occurredAt":"{}","sessionId":"R-1","currency":"EUR","sale":{{"lines":[{{"sku":"A","quantity":1,"unitPriceMinor":"1000"}}]}}}}"#,
+            at.to_rfc3339()
+        )
+    };
+    let big = sale_at(now, "0b6f2a59-3f8e-4f54-8a57-7b2f0f7c1c13")
+        .replace(r#""sku":"A""#, &format!(r#""sku":"{}""#, "A".repeat(2048)));
+    let input = [
+        sale_at(now, "0b6f2a59-3f8e-4f54-8a57-7b2f0f7c1c11"),
+        // Stamped an hour ahead of the time it is appended.
+        sale_at(
+            now + chrono::Duration::hours(1),
+            "0b6f2a59-3f8e-4f54-8a57-7b2f0f7c1c12",
+        ),
+        big,
+    ]
+    .join("\n");
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, input).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tillbridge"))
+        .args(["publish", "--check", "--file"])
+        .arg(&file)
+        .env("TILLBRIDGE_EMBEDDED__PATH", &log_dir)
+        .env("TILLBRIDGE_INGEST__MAX_PAYLOAD_BYTES", "1024")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("line 2") && stdout.contains("CLOCK_SKEW"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("line 3") && stdout.contains("OVERSIZED"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("line 1"), "{stdout}");
 }

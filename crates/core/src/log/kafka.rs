@@ -321,6 +321,7 @@ impl ConsumerContext for CommitBeforeRevoke {
         use rdkafka::types::RDKafkaRespErr as E;
         match err {
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut resumed = TopicPartitionList::new();
                 if let Ok(mut start) = self.start.lock() {
                     let keys: Vec<(String, i32)> = tpl
                         .elements()
@@ -333,6 +334,8 @@ impl ConsumerContext for CommitBeforeRevoke {
                                 "resuming where the stage's state is");
                             // Only fails for a partition not in the list, which it is.
                             let _ = tpl.set_partition_offset(&key.0, key.1, Offset::Offset(next));
+                            let _ =
+                                resumed.add_partition_offset(&key.0, key.1, Offset::Offset(next));
                         }
                     }
                 }
@@ -343,6 +346,13 @@ impl ConsumerContext for CommitBeforeRevoke {
                 };
                 if let Err(e) = assigned {
                     tracing::error!(error = %e, "assigning partitions failed");
+                }
+                // The group's offsets follow the state at once (auto-commit sends them), so its
+                // lag is right before the first record.
+                if resumed.count() > 0 {
+                    if let Err(e) = consumer.store_offsets(&resumed) {
+                        tracing::debug!(error = %e, "resumed positions not stored");
+                    }
                 }
                 self.post_rebalance(consumer, &Rebalance::Assign(tpl));
             }
