@@ -1,8 +1,10 @@
 //! Same facts, same answers on the broker: the determinism harness's records (the demo's fleet
-//! with planted cases) produced to Apache Kafka as outside clients would, first live (in sync
-//! order, a slice at a time while every stage runs, every stage's state wiped halfway), then
-//! replayed after every stage's state is wiped at the end. Both must give exactly the embedded backlog run's outstanding compensations, alerts
-//! (ids and content) and report.json, and no id may be written with two contents.
+//! with planted cases) produced to Apache Kafka as outside clients would: as a backlog (all on
+//! the topics before the stages start); live (in sync order, a slice at a time while every
+//! stage runs, every stage's state wiped halfway); then replayed after every stage's state is
+//! wiped at the end. Each must give exactly the embedded backlog run's outstanding
+//! compensations, alerts (ids and content) and report.json, and no id may be written with two
+//! contents. One test, so the stage counters it waits on are its own.
 
 #![allow(clippy::unwrap_used)]
 
@@ -69,13 +71,32 @@ fn groups(config: &Config) -> Vec<(&'static str, String, Vec<String>)> {
     ]
 }
 
+/// The records all on their topics before any stage starts (an outage, a deploy).
+async fn backlog_on_kafka(broker: &str, reference: std::sync::Arc<Outcome>) {
+    let broker = broker.to_owned();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = common::config(&broker, state.path()).await;
+    config.reconciler.report_key = REPORT_KEY.into();
+    common::produce_records(&broker, in_sync_order(records(&config))).await;
+    let (b, c, r) = (broker.clone(), config.clone(), reference.clone());
+    common::run_until(&config, Stages::ALL, move || {
+        kafka_outcome(&b, &c, r.report.clone()).compare(&r)
+    })
+    .await;
+    let got = kafka_outcome(&broker, &config, report(&config, &state.path().join("r")));
+    if let Err(e) = got.compare(&reference) {
+        panic!("backlog on Kafka: {e}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_gives_the_embedded_answers_live_and_after_a_wipe() {
+async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wipe() {
     let Some(broker) = common::broker() else {
         return;
     };
-    let reference = backlog(2000, false).await;
+    let reference = std::sync::Arc::new(backlog(2000, false).await);
     reference.check_reference();
+    backlog_on_kafka(&broker, reference.clone()).await;
 
     let state = tempfile::tempdir().unwrap();
     let mut config = common::config(&broker, state.path()).await;
@@ -112,7 +133,6 @@ async fn the_broker_gives_the_embedded_answers_live_and_after_a_wipe() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (b, c, want) = (broker.clone(), config.clone(), reference.report.clone());
-    let reference = std::sync::Arc::new(reference);
     let r = reference.clone();
     common::await_condition(Duration::from_secs(240), move || {
         kafka_outcome(&b, &c, want.clone()).compare(&r)

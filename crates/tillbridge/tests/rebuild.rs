@@ -43,9 +43,13 @@ async fn damaged_state_is_rebuilt_from_the_log() {
     )
     .await
     .unwrap();
-    // Every stage replayed its inputs from the beginning.
+    // Every stage replayed its inputs from the beginning: ingest and fraud-guard through their
+    // consumers; the reconciler restores before its loop (it replays its inputs to their end,
+    // then its loop resumes there), so the rebuilt report below is its proof.
     for (name, stats) in &summary.stages {
-        assert!(stats.records > 0, "{name} did not replay");
+        if *name != "reconciler" {
+            assert!(stats.records > 0, "{name} did not replay");
+        }
     }
     let moved_aside = std::fs::read_dir(&config.state.dir)
         .unwrap()
