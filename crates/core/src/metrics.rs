@@ -40,6 +40,14 @@ pub static RECORDS_PRELOADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["stage"],
     )
 });
+/// Restores of a stage's state from the topics, completed.
+pub static RESTORES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tillbridge_state_restores_total",
+        "Restores of a stage's state from the topics, completed.",
+        &["stage"],
+    )
+});
 /// Output records a stage made durable.
 pub static RECORDS_PRODUCED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(

@@ -340,6 +340,9 @@ async fn restore_reconciler(
     }
     p.commit().await?;
     stage::count_produced("reconciler", &out);
+    tillbridge_core::metrics::RESTORES
+        .with_label_values(&["reconciler"])
+        .inc();
     Ok(())
 }
 

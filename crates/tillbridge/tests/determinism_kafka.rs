@@ -155,6 +155,12 @@ async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wip
         .iter()
         .map(|(s, _, _)| consumed(s))
         .collect();
+    let restores = || {
+        tillbridge_core::metrics::RESTORES
+            .with_label_values(&["reconciler"])
+            .get()
+    };
+    let restores_before = restores();
     let (b, c) = (broker.clone(), config.clone());
     common::run_until(&config, Stages::ALL, move || {
         for ((stage, group, topics), before) in groups(&c).iter().zip(&before) {
@@ -171,6 +177,10 @@ async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wip
             if replayed < need || !common::group_caught_up(&b, group, &ends) {
                 return Err(format!("{stage} replayed {replayed} of {need} records"));
             }
+        }
+        // The reconciler replays inside its restore: done once the restore is.
+        if restores() == restores_before {
+            return Err("the reconciler's restore has not finished".into());
         }
         Ok(())
     })

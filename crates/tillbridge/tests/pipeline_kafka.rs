@@ -172,11 +172,19 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
                 .with_label_values(&["reconciler"])
                 .get()
     };
-    let before = consumed();
+    let restores = || {
+        tillbridge_core::metrics::RESTORES
+            .with_label_values(&["reconciler"])
+            .get()
+    };
+    let (before, restores_before) = (consumed(), restores());
     let total: u64 = ends.values().map(|e| *e as u64).sum();
     common::run_until(&replay, reconciler_only, move || {
         let replayed = consumed() - before;
-        if replayed >= total && common::group_caught_up(&b, &group, &ends) {
+        if replayed >= total
+            && restores() > restores_before
+            && common::group_caught_up(&b, &group, &ends)
+        {
             Ok(())
         } else {
             Err(format!(
