@@ -94,6 +94,10 @@ fn seen(rec: &Record) -> Option<Seen> {
     if ev.store_id.is_empty() || ev.till_id.is_empty() || ev.till_seq == 0 {
         return None;
     }
+    // A till named with a card number is never kept (it would reach the state and an alert).
+    if tillbridge_core::pan::contains(&ev.store_id) || tillbridge_core::pan::contains(&ev.till_id) {
+        return None;
+    }
     Some(Seen {
         till_key: format!("{}/{}", ev.store_id, ev.till_id),
         seq: ev.till_seq,
