@@ -1,7 +1,7 @@
 //! Same facts, same answers: the demo's fleet, extended with a late sync past the settlement
 //! horizon and a coupon defined after its redemptions, run on the embedded log live (paced, in
 //! sync order), as a backlog, with small batches, with every stage's state wiped mid-run and at
-//! the end. Every variant must end with the live run's outstanding compensations (same ids, same
+//! the end, and the process SIGKILLed mid-run. Every variant must end with the live run's outstanding compensations (same ids, same
 //! content), the same report.json, the same alerts of every rule, and no compensation or alert
 //! id that carries two contents. (The broker variants are in `determinism_kafka.rs`.)
 
@@ -60,4 +60,54 @@ async fn the_same_records_give_the_same_answers_however_they_arrive() {
         reference.alerts.len(),
         reference.rules().len()
     );
+}
+
+/// The whole pipeline as a process, SIGKILLed at random points while it works through the
+/// records in small batches, then run to the end: the same answers as the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_anywhere_change_no_answer() {
+    let reference = backlog(2000, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 25);
+    {
+        let log = tillbridge_core::log::EmbeddedLog::open(&config.embedded.path, 4).unwrap();
+        log.append(in_sync_order(records(&config))).await.unwrap();
+    }
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tillbridge"))
+            .args(["run", "--until-idle"])
+            .env("TILLBRIDGE_EMBEDDED__PATH", &config.embedded.path)
+            .env("TILLBRIDGE_STATE__DIR", &config.state.dir)
+            .env(
+                "TILLBRIDGE_RECONCILER__REPORT_KEY",
+                &config.reconciler.report_key,
+            )
+            .env("TILLBRIDGE_INGEST__BATCH_SIZE", "25")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Kill points spread over the run (a fixed sequence, so a failure can be replayed).
+    let mut killed = 0;
+    for wait_ms in [150u64, 400, 90, 700, 250, 1200] {
+        let mut child = spawn();
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        child.wait().unwrap();
+    }
+    let status = spawn().wait().unwrap();
+    assert!(status.success(), "the last run ended with {status}");
+    let transport = Transport::from_config(&config).unwrap();
+    let Transport::Embedded(log) = &transport else {
+        unreachable!()
+    };
+    let got = outcome(&config, log, dir.path());
+    if let Err(e) = got.compare(&reference) {
+        panic!("after {killed} SIGKILLs: {e}");
+    }
+    println!("{killed} SIGKILLs: no difference");
 }
