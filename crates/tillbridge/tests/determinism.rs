@@ -1,9 +1,10 @@
 //! Same facts, same answers: the demo's fleet, extended with a late sync past the settlement
 //! horizon and a coupon defined after its redemptions, run on the embedded log live (paced, in
 //! sync order), as a backlog, with small batches, with every stage's state wiped mid-run and at
-//! the end, and the process SIGKILLed mid-run. Every variant must end with the live run's outstanding compensations (same ids, same
-//! content), the same report.json, the same alerts of every rule, and no compensation or alert
-//! id that carries two contents. (The broker variants are in `determinism_kafka.rs`.)
+//! the end, and with the process SIGKILLed mid-run. Every variant must end with the live run's
+//! outstanding compensations (same ids, same content), the same report.json, the same alerts of
+//! every rule, and no compensation or alert id that carries two contents. (The broker variants
+//! are in `determinism_kafka.rs`.)
 
 #![allow(clippy::unwrap_used)]
 
