@@ -59,6 +59,20 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// The key under which a state keeps its next offset of `topic`'s `partition`, after `prefix`.
+pub fn position_key(prefix: &[u8], topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(format!("{topic}/{partition}").as_bytes());
+    k
+}
+
+/// The topic and partition of a [`position_key`] (without its prefix), when it is one.
+pub fn parse_position_key(rest: &[u8]) -> Option<(String, i32)> {
+    let key = std::str::from_utf8(rest).ok()?;
+    let (topic, partition) = key.rsplit_once('/')?;
+    Some((topic.to_owned(), partition.parse().ok()?))
+}
+
 /// The marker of this version's state layout.
 const FORMAT_KEY: &[u8] = b"__tillbridge_format";
 

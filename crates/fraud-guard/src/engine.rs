@@ -551,13 +551,19 @@ impl Engine {
     pub(crate) fn apply_till_record(
         &mut self,
         rec: &tillbridge_core::log::Record,
+        ev: Option<&pb::TillEvent>,
     ) -> Vec<pb::FraudAlert> {
         if !self.cfg.sequence_gap.enabled {
             return Vec::new();
         }
         let cooldown = ms_of(self.cfg.alert_cooldown);
-        let (triggers, merged) =
-            gaps::apply(&mut self.state.gaps, &self.cfg.sequence_gap, cooldown, rec);
+        let (triggers, merged) = gaps::apply(
+            &mut self.state.gaps,
+            &self.cfg.sequence_gap,
+            cooldown,
+            rec,
+            ev,
+        );
         self.counts.merged[Rule::SequenceGap.index()] += merged;
         triggers.into_iter().map(|t| self.alert(t, false)).collect()
     }

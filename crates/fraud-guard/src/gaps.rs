@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use tillbridge_core::log::Record;
+use tillbridge_proto::pb;
 use uuid::Uuid;
 
 use crate::alert::{excess_pct, fmt_dur, fmt_ms, MAX_EVIDENCE_IDS};
@@ -85,10 +86,7 @@ struct Seen {
     occurred_ms: i64,
 }
 
-fn seen(rec: &Record) -> Option<Seen> {
-    let payload = rec.payload.as_deref()?;
-    let ct = rec.header("content-type");
-    let ev = tillbridge_proto::decode_till_event(payload, ct).ok()?;
+fn seen(ev: &pb::TillEvent) -> Option<Seen> {
     let event_id = Uuid::parse_str(ev.event_id.trim()).ok()?;
     let at = ev.occurred_at?;
     if ev.store_id.is_empty() || ev.till_id.is_empty() || ev.till_seq == 0 {
@@ -109,13 +107,15 @@ fn seen(rec: &Record) -> Option<Seen> {
     })
 }
 
-/// Applies one `till.events` record (in its partition's offset order) and returns the gaps it
-/// makes due, already past the cool-down, and how many were merged into an earlier alert.
+/// Applies one `till.events` record (in its partition's offset order), with its event when it
+/// decodes, and returns the gaps it makes due, already past the cool-down, and how many were
+/// merged into an earlier alert.
 pub(crate) fn apply(
     state: &mut GapState,
     cfg: &SequenceGapConfig,
     cooldown_ms: i64,
     rec: &Record,
+    ev: Option<&pb::TillEvent>,
 ) -> (Vec<Trigger>, u64) {
     let Some(ts) = rec.timestamp_ms else {
         return (Vec::new(), 0);
@@ -124,7 +124,7 @@ pub(crate) fn apply(
     let read = state.read_ms.entry(rec.partition).or_insert(ts);
     *read = (*read).max(ts);
     let read = *read;
-    if let Some(s) = seen(rec) {
+    if let Some(s) = ev.and_then(seen) {
         track(state, cfg, open_for, rec.partition, ts, s);
     }
     judge(state, open_for, cooldown_ms, rec.partition, read)

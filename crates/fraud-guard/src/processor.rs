@@ -152,19 +152,23 @@ impl FraudGuard {
         .with_timestamp(timestamp_ms)
     }
 
-    fn handle(&mut self, rec: &Record) -> Vec<pb::FraudAlert> {
+    /// The event of a record, decoded once for every rule (`None`: counted as malformed).
+    fn decode(&mut self, rec: &Record) -> Option<pb::TillEvent> {
         let Some(payload) = rec.payload.as_deref() else {
             self.malformed(rec, "tombstone");
-            return Vec::new();
+            return None;
         };
-        let raw = match tillbridge_proto::decode_till_event(payload, rec.header("content-type")) {
-            Ok(raw) => raw,
+        match tillbridge_proto::decode_till_event(payload, rec.header("content-type")) {
+            Ok(raw) => Some(raw),
             Err(r) => {
                 self.malformed(rec, r.reason.code());
-                return Vec::new();
+                None
             }
-        };
-        let ev = match tillbridge_proto::validate(&raw) {
+        }
+    }
+
+    fn handle(&mut self, rec: &Record, raw: &pb::TillEvent) -> Vec<pb::FraudAlert> {
+        let ev = match tillbridge_proto::validate(raw) {
             Ok(ev) => ev,
             Err(r) => {
                 self.malformed(rec, r.reason.code());
@@ -235,8 +239,11 @@ impl Processor for FraudGuard {
                 self.stats.replayed += 1;
                 continue;
             }
-            let mut alerts = self.engine.apply_till_record(rec);
-            alerts.extend(self.handle(rec));
+            let raw = self.decode(rec);
+            let mut alerts = self.engine.apply_till_record(rec, raw.as_ref());
+            if let Some(raw) = &raw {
+                alerts.extend(self.handle(rec, raw));
+            }
             for alert in alerts {
                 out.push(self.alert_record(&alert, rec.timestamp_ms));
             }

@@ -445,10 +445,7 @@ impl Processor for Ingest {
         let mut out = BTreeMap::new();
         for item in self.meta.scan_prefix(OFFSET_PREFIX) {
             let (k, v) = item.map_err(state_err)?;
-            let key = String::from_utf8_lossy(&k[OFFSET_PREFIX.len()..]).into_owned();
-            let parsed = key
-                .rsplit_once('/')
-                .and_then(|(t, p)| p.parse::<i32>().ok().map(|p| (t.to_owned(), p)));
+            let parsed = tillbridge_core::store::parse_position_key(&k[OFFSET_PREFIX.len()..]);
             let next = <[u8; 8]>::try_from(v.as_ref()).ok().map(i64::from_be_bytes);
             if let (Some(key), Some(next)) = (parsed, next) {
                 out.insert(key, next);
@@ -479,11 +476,7 @@ impl Processor for Ingest {
         // The positions this state reflects, with it (see `Processor::positions`).
         for ((topic, partition), next) in std::mem::take(&mut self.staged_offsets) {
             meta.insert(
-                format!(
-                    "{}{topic}/{partition}",
-                    String::from_utf8_lossy(OFFSET_PREFIX)
-                )
-                .into_bytes(),
+                tillbridge_core::store::position_key(OFFSET_PREFIX, &topic, partition),
                 &next.to_be_bytes(),
             );
         }

@@ -425,7 +425,7 @@ impl Reconciler {
     }
 
     fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
-        format!("{PREFIX_OFFSET}{topic}/{partition}").into_bytes()
+        tillbridge_core::store::position_key(PREFIX_OFFSET.as_bytes(), topic, partition)
     }
 
     fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, Error> {
@@ -906,10 +906,8 @@ impl Processor for Reconciler {
         let mut out = BTreeMap::new();
         for item in self.store.db().scan_prefix(PREFIX_OFFSET.as_bytes()) {
             let (k, v) = item.map_err(|e| self.store.err(e))?;
-            let key = String::from_utf8_lossy(&k[PREFIX_OFFSET.len()..]).into_owned();
-            let Some((topic, partition)) = key
-                .rsplit_once('/')
-                .and_then(|(t, p)| p.parse::<i32>().ok().map(|p| (t.to_owned(), p)))
+            let Some((topic, partition)) =
+                tillbridge_core::store::parse_position_key(&k[PREFIX_OFFSET.len()..])
             else {
                 continue;
             };

@@ -38,17 +38,6 @@ fn report(config: &Config, dir: &std::path::Path) -> Vec<u8> {
     std::fs::read(dir.join("report.json")).unwrap()
 }
 
-/// Records a stage read: through its consumer group, or from the beginning before its loop (a
-/// restoring reconciler replays its inputs that way, then resumes where the replay ended).
-fn consumed(stage: &str) -> u64 {
-    tillbridge_core::metrics::RECORDS_CONSUMED
-        .with_label_values(&[stage])
-        .get()
-        + tillbridge_core::metrics::RECORDS_PRELOADED
-            .with_label_values(&[stage])
-            .get()
-}
-
 /// Every stage's consumer group and the topics it reads.
 fn groups(config: &Config) -> Vec<(&'static str, String, Vec<String>)> {
     let prefix = &config.kafka.as_ref().unwrap().group_prefix;
@@ -153,20 +142,16 @@ async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wip
     wipe(&config);
     let before: Vec<u64> = groups(&config)
         .iter()
-        .map(|(s, _, _)| consumed(s))
+        .map(|(s, _, _)| common::records_read(s))
         .collect();
-    let restores = || {
-        tillbridge_core::metrics::RESTORES
-            .with_label_values(&["reconciler"])
-            .get()
-    };
+    let restores = || common::restores("reconciler");
     let restores_before = restores();
     let (b, c) = (broker.clone(), config.clone());
     common::run_until(&config, Stages::ALL, move || {
         for ((stage, group, topics), before) in groups(&c).iter().zip(&before) {
             let ends = common::ends(&b, topics);
             let total: u64 = ends.values().map(|e| *e as u64).sum();
-            let replayed = consumed(stage) - before;
+            let replayed = common::records_read(stage) - before;
             // Each stage read its inputs again (ingest's outputs grow while it replays; the
             // totals at the check are what its readers must reach).
             let need = if *stage == "ingest" {

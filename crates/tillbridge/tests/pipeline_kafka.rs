@@ -160,23 +160,11 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
         &tillbridge_reconciler::input_topics(&replay.topics),
     );
     let b = broker.clone();
-    // The group's offsets are at the end already: the replay is done once the stage (in this
-    // process) has consumed every input record again and committed the ends.
-    // The restore replays the inputs before the stage's loop (preloaded), then the loop
-    // resumes where the replay ended.
-    let consumed = || {
-        tillbridge_core::metrics::RECORDS_CONSUMED
-            .with_label_values(&["reconciler"])
-            .get()
-            + tillbridge_core::metrics::RECORDS_PRELOADED
-                .with_label_values(&["reconciler"])
-                .get()
-    };
-    let restores = || {
-        tillbridge_core::metrics::RESTORES
-            .with_label_values(&["reconciler"])
-            .get()
-    };
+    // The new state is restored before the stage's loop: the replay is done once the stage
+    // (in this process) has read every input record again, its restore has finished and the
+    // group's offsets are at the ends.
+    let consumed = || common::records_read("reconciler");
+    let restores = || common::restores("reconciler");
     let (before, restores_before) = (consumed(), restores());
     let total: u64 = ends.values().map(|e| *e as u64).sum();
     common::run_until(&replay, reconciler_only, move || {

@@ -198,6 +198,25 @@ pub async fn await_condition(
     }
 }
 
+/// Records `stage` has read in this process: through its consumer group, or from the beginning
+/// before its loop (a restoring reconciler replays its inputs that way, then resumes where the
+/// replay ended).
+pub fn records_read(stage: &str) -> u64 {
+    tillbridge_core::metrics::RECORDS_CONSUMED
+        .with_label_values(&[stage])
+        .get()
+        + tillbridge_core::metrics::RECORDS_PRELOADED
+            .with_label_values(&[stage])
+            .get()
+}
+
+/// Restores of `stage`'s state completed in this process.
+pub fn restores(stage: &str) -> u64 {
+    tillbridge_core::metrics::RESTORES
+        .with_label_values(&[stage])
+        .get()
+}
+
 /// A record read back by a test.
 #[derive(Clone, Debug)]
 pub struct Got {
