@@ -266,10 +266,11 @@ impl Config {
             }
             fig = fig.merge(Toml::file(file));
         }
-        // TILLBRIDGE_CONFIG, TILLBRIDGE_LOG and TILLBRIDGE_TEST_KAFKA name no config key.
+        // TILLBRIDGE_CONFIG, TILLBRIDGE_LOG, TILLBRIDGE_TEST_KAFKA and TILLBRIDGE_CRASH_AT name
+        // no config key.
         fig = fig.merge(
             Env::prefixed("TILLBRIDGE_")
-                .ignore(&["config", "log", "test_kafka"])
+                .ignore(&["config", "log", "test_kafka", "crash_at"])
                 .split("__"),
         );
         let config: Config = fig.extract().map_err(|e| Error::Config(e.to_string()))?;

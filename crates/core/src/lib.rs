@@ -8,8 +8,10 @@
 //! - [`store`]: opening sled state safely (verify, and rebuild from the topics when damaged).
 //! - [`pan`]: card-number (PAN) detection and redaction.
 //! - [`ids`]: deterministic output ids.
+//! - [`crash`]: crash points for the kill-between-writes tests.
 
 pub mod config;
+pub mod crash;
 pub mod domain;
 mod error;
 pub mod ids;

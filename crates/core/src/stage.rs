@@ -141,6 +141,7 @@ where
                 continue;
             }
             let outputs = processor.process(&batch)?;
+            crate::crash::point(name, "processed");
             let n_out = outputs.len() as u64;
             let sent = outputs.clone();
             let mut backoff = RETRY_BACKOFF_FIRST;
@@ -162,7 +163,9 @@ where
                     Err(e) => return Err(e.into()),
                 }
             }
+            crate::crash::point(name, "sent");
             processor.commit().await?;
+            crate::crash::point(name, "committed");
             let positions = last_positions(&batch);
             let mut backoff = RETRY_BACKOFF_FIRST;
             loop {

@@ -507,7 +507,14 @@ impl Engine {
             }
             Body::TillStatus(_) => {}
         }
-        self.state.watermark_ms = Some(wm.map_or(ms, |w| w.max(ms)));
+        // An event far ahead of its record timestamp (a till with a fast clock, or a forged
+        // time) moves the watermark no further than that timestamp plus the drift the clock-drift
+        // rule tolerates: one such event must not push every other event past the horizon. The
+        // record timestamp is in the topic, so the bound is the same on every replay.
+        let advance = record_ts.map_or(ms, |ts| {
+            ms.min(ts.saturating_add(ms_of(self.cfg.clock_drift.max_drift)))
+        });
+        self.state.watermark_ms = Some(wm.map_or(advance, |w| w.max(advance)));
         let alerts = triggers
             .into_iter()
             .filter_map(|t| self.emit(t, wm))

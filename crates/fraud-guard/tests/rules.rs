@@ -569,6 +569,30 @@ async fn clock_drift_table() {
     }
 }
 
+/// Hardening: one event stamped a year ahead of its record timestamp raises CLOCK_DRIFT but moves
+/// the watermark only to its record timestamp plus the tolerated drift, so the events after it
+/// are still judged (before, they all fell behind the horizon and nothing more was raised).
+#[tokio::test]
+async fn one_event_far_ahead_does_not_blind_the_rules() {
+    let mut h = Harness::new();
+    let ahead = h.record(sale("s9", "t9", T0 + 365 * 24 * 60 * MIN, &[]), Some(T0));
+    let drift = of_rule(&h.run(&[ahead]).await, AlertRule::ClockDrift);
+    assert_eq!(drift.len(), 1);
+    let recs: Vec<_> = [("s1", 1), ("s2", 5), ("s3", 10)]
+        .into_iter()
+        .map(|(s, m)| {
+            let e = sale(s, "t1", T0 + m * MIN, &[(CODE, 1000)]);
+            h.record(e, Some(T0 + m * MIN))
+        })
+        .collect();
+    let velocity = of_rule(&h.run(&recs).await, AlertRule::CouponVelocity);
+    assert_eq!(
+        velocity.len(),
+        1,
+        "the redemptions after it were not judged"
+    );
+}
+
 // ---------------------------------------------------------------- cool-down, ids, replays
 
 #[tokio::test]

@@ -16,6 +16,7 @@ use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, Serializ
 use sha2::{Digest, Sha256};
 use tillbridge_core::domain::RejectReason;
 pub use tillbridge_core::domain::TillEvent;
+use tillbridge_core::pan;
 
 pub use convert::{coupon_definition, loyalty_balance, validate};
 
@@ -26,7 +27,8 @@ pub mod pb {
 }
 
 /// A record that breaks the contract: the reason code and a detail naming the field. The detail
-/// never holds card digits.
+/// never holds card digits: [`Rejection::new`] redacts any, whatever put them there (a decoder's
+/// message can quote a number read from the input).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}: {detail}")]
 pub struct Rejection {
@@ -36,10 +38,13 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            detail: detail.into(),
-        }
+        let detail = detail.into();
+        let detail = if pan::contains(&detail) {
+            String::from_utf8_lossy(&pan::redact(detail.as_bytes())).into_owned()
+        } else {
+            detail
+        };
+        Rejection { reason, detail }
     }
     pub(crate) fn missing(field: &str) -> Self {
         Self::new(RejectReason::MissingField, format!("{field} is required"))

@@ -20,6 +20,22 @@ fn reject(json: &str) -> RejectReason {
     }
 }
 
+/// Found by `fuzz/` (the ingest target): protobuf's error message quotes the key it read, and a
+/// crafted key can be a card number, which then reached the dead letter's detail.
+#[test]
+fn a_protobuf_error_never_quotes_a_card_number() {
+    let mut payload = Vec::new();
+    prost::encoding::encode_varint(4_111_111_111_111_111, &mut payload);
+    let r = decode_till_event(&payload, None).unwrap_err();
+    assert_eq!(r.reason, RejectReason::DecodeError);
+    assert!(r.detail.contains("invalid key value"), "{}", r.detail);
+    assert!(
+        !tillbridge_core::pan::contains(&r.detail),
+        "a PAN in {}",
+        r.detail
+    );
+}
+
 #[test]
 fn camel_case_json_with_string_integers_decodes() {
     let raw = decode_till_event(SALE.as_bytes(), None).unwrap();

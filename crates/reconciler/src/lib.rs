@@ -130,8 +130,12 @@ impl std::fmt::Debug for Reconciler {
 struct Malformed(String);
 
 impl Malformed {
+    /// The reason, with any card number redacted (a decoder's message can quote input).
     fn new(why: impl Into<String>) -> Self {
-        Malformed(why.into())
+        let why = why.into();
+        Malformed(
+            String::from_utf8_lossy(&tillbridge_core::pan::redact(why.as_bytes())).into_owned(),
+        )
     }
 }
 

@@ -671,6 +671,7 @@ impl Drainer {
                     metrics::HTTP_RESPONSES
                         .with_label_values(&[label, &status.to_string()])
                         .inc();
+                    tillbridge_core::crash::point("delivery", "delivered");
                     self.outbox.finish(&job)?;
                     self.outbox.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 }
@@ -708,6 +709,7 @@ impl Drainer {
                     metrics::DEAD_LETTERS
                         .with_label_values(&[HTTP_REJECTED])
                         .inc();
+                    tillbridge_core::crash::point("delivery", "dead_lettered");
                     self.outbox.finish(&job)?;
                     self.outbox.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 }

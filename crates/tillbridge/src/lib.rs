@@ -244,6 +244,7 @@ where
     ) -> anyhow::Result<()> {
         let outputs = processor.process(batch)?;
         sink.send(outputs.clone()).await?;
+        tillbridge_core::crash::point(name, "preload_sent");
         processor.commit().await?;
         stage::count_produced(name, &outputs);
         tillbridge_core::metrics::RECORDS_PRELOADED

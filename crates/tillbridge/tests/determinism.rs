@@ -11,7 +11,7 @@
 mod common;
 
 use common::same_answers::{
-    backlog, config, in_sync_order, outcome, records, run_all, wipe, Outcome,
+    backlog, config, in_sync_order, outcome, records, run_all, spawn_run, wipe, Outcome,
 };
 use tillbridge::Transport;
 use tillbridge_core::log::OutRecord;
@@ -74,21 +74,7 @@ async fn sigkills_anywhere_change_no_answer() {
         let log = tillbridge_core::log::EmbeddedLog::open(&config.embedded.path, 4).unwrap();
         log.append(in_sync_order(records(&config))).await.unwrap();
     }
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tillbridge"))
-            .args(["run", "--until-idle"])
-            .env("TILLBRIDGE_EMBEDDED__PATH", &config.embedded.path)
-            .env("TILLBRIDGE_STATE__DIR", &config.state.dir)
-            .env(
-                "TILLBRIDGE_RECONCILER__REPORT_KEY",
-                &config.reconciler.report_key,
-            )
-            .env("TILLBRIDGE_INGEST__BATCH_SIZE", "25")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || spawn_run(&config, &[]);
     // Kill points spread over the run (a fixed sequence, so a failure can be replayed).
     let mut killed = 0;
     for wait_ms in [150u64, 400, 90, 700, 250, 1200] {

@@ -330,7 +330,7 @@ headers = {{ "x-sender-run" = "{run}" }}
     std::fs::write(path, toml).unwrap();
 }
 
-fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
+fn spawn(config: &std::path::Path, log: &std::path::Path, crash_at: Option<&str>) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -341,6 +341,8 @@ fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
         .arg(config)
         .args(["run", "--stages", "ingest,delivery"])
         .env("TILLBRIDGE_LOG", "info")
+        .envs(crash_at.map(|c| (tillbridge_core::crash::VAR, c)))
+        .envs(crash_at.map(|_| ("TILLBRIDGE_INGEST__BATCH_SIZE", "10")))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -370,7 +372,7 @@ async fn the_outbox_survives_sigkills_of_the_router() {
         // Each run tags its requests, so the rate limit (a bucket per process, full at start)
         // is checked per run.
         child_config(&config, &broker, &http_config(&core), i, &file);
-        let mut child = spawn(&file, &log);
+        let mut child = spawn(&file, &log, None);
         let target = ((want as f64) * share) as usize;
         let start = Instant::now();
         while core.applied_count() < target {
@@ -396,27 +398,49 @@ async fn the_outbox_survives_sigkills_of_the_router() {
                 core.applied_count()
             );
         } else {
-            let b = broker.clone();
-            let dlq = config.topics.dlq.clone();
-            tokio::task::spawn_blocking(move || {
-                common::read_until(&b, &dlq, Duration::from_secs(60), |g| {
-                    let ids: BTreeSet<Vec<u8>> = g
-                        .iter()
-                        .filter_map(|g| pb::DeadLetter::decode(g.payload.as_slice()).ok())
-                        .map(|d| d.event_id.unwrap_or_default().into_bytes())
-                        .collect();
-                    ids.len() >= 24
-                })
-            })
-            .await
-            .unwrap();
-            child.kill().unwrap();
-            child.wait().unwrap();
+            finish(&core, want, &broker, &config, child).await;
         }
     }
     check_core(&core, &events);
-    // Re-sends of a refused request after a SIGKILL carry the same dead-letter id.
-    let dlq = common::read_all(&broker, &config.topics.dlq);
+    check_dead_letters(&broker, &config);
+}
+
+/// Lets `child` run until the core applied `want` requests and all 24 refused events are
+/// dead-lettered, then stops it.
+async fn finish(
+    core: &FlakyCore,
+    want: usize,
+    broker: &str,
+    config: &tillbridge_core::config::Config,
+    mut child: Child,
+) {
+    let start = Instant::now();
+    while core.applied_count() < want {
+        assert!(child.try_wait().unwrap().is_none(), "tillbridge exited");
+        assert!(start.elapsed() < Duration::from_secs(180), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b = broker.to_owned();
+    let dlq = config.topics.dlq.clone();
+    tokio::task::spawn_blocking(move || {
+        common::read_until(&b, &dlq, Duration::from_secs(60), |g| {
+            let ids: BTreeSet<Vec<u8>> = g
+                .iter()
+                .filter_map(|g| pb::DeadLetter::decode(g.payload.as_slice()).ok())
+                .map(|d| d.event_id.unwrap_or_default().into_bytes())
+                .collect();
+            ids.len() >= 24
+        })
+    })
+    .await
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Every refused event has one dead letter id, however often it was re-sent after a kill.
+fn check_dead_letters(broker: &str, config: &tillbridge_core::config::Config) {
+    let dlq = common::read_all(broker, &config.topics.dlq);
     let by_event: BTreeMap<String, BTreeSet<String>> =
         dlq.iter().fold(BTreeMap::new(), |mut m, g| {
             let dl = pb::DeadLetter::decode(g.payload.as_slice()).unwrap();
@@ -425,6 +449,67 @@ async fn the_outbox_survives_sigkills_of_the_router() {
         });
     assert!(by_event.values().all(|ids| ids.len() == 1));
     assert_eq!(by_event.len(), 24);
+}
+
+/// The process aborted (`tillbridge_core::crash`) between two writes of the delivery stage and of
+/// ingest before it, one point per run, then run to the end: every request applied once, under
+/// its key, every refusal dead-lettered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_survives_a_kill_between_any_two_writes() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(broker) = common::broker() else {
+        return;
+    };
+    let core = FlakyCore::start(Plan {
+        seed: 14,
+        ..Plan::default()
+    })
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let config = common::config(&broker, &state.path().join("state")).await;
+    let file = state.path().join("tillbridge.toml");
+    let (sent, events) = workload(15, 24);
+    let producer = common::producer(&broker);
+    common::produce_sent(&producer, &config.topics.till_events, &sent).await;
+    let log = state.path().join("child.log");
+    // Batches of at most 10 records, so that each stage has dozens of batches whatever the
+    // fetch timing; the points that need work left come before the ones that finish it.
+    let kills = [
+        "ingest:sent:2",
+        "ingest:committed:2",
+        "delivery:processed:1",
+        "delivery:sent:2",
+        "delivery:committed:3",
+        "delivery:dead_lettered:1",
+        "delivery:delivered:5",
+    ];
+    for (i, spec) in kills.into_iter().enumerate() {
+        child_config(&config, &broker, &http_config(&core), i, &file);
+        let mut child = spawn(&file, &log, Some(spec));
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "{spec} not reached; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "{spec}: not aborted there ({status})"
+        );
+        println!("aborted at {spec} with {} applied", core.applied_count());
+    }
+    child_config(&config, &broker, &http_config(&core), kills.len(), &file);
+    let want = expected(&events).len();
+    finish(&core, want, &broker, &config, spawn(&file, &log, None)).await;
+    check_core(&core, &events);
+    check_dead_letters(&broker, &config);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -230,6 +230,28 @@ pub fn config(dir: &Path, batch_size: usize) -> Config {
     config
 }
 
+/// `tillbridge run --until-idle` as a process over `config`'s embedded log and state, in batches
+/// of `config.ingest.batch_size`, with `env` added; its output discarded.
+pub fn spawn_run(config: &Config, env: &[(&str, &str)]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tillbridge"))
+        .args(["run", "--until-idle"])
+        .env("TILLBRIDGE_EMBEDDED__PATH", &config.embedded.path)
+        .env("TILLBRIDGE_STATE__DIR", &config.state.dir)
+        .env(
+            "TILLBRIDGE_RECONCILER__REPORT_KEY",
+            &config.reconciler.report_key,
+        )
+        .env(
+            "TILLBRIDGE_INGEST__BATCH_SIZE",
+            config.ingest.batch_size.to_string(),
+        )
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 pub async fn run_all(config: &Config, transport: &Transport) {
     tillbridge::run(
         config,
