@@ -77,13 +77,6 @@ pub enum Error {
     State(String),
 }
 
-impl Error {
-    /// Whether a retry can help (only a broker-side condition can).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Core(e) if e.is_retryable())
-    }
-}
-
 /// The topics the stage reads.
 pub fn input_topics(topics: &Topics) -> Vec<String> {
     vec![topics.till_events.clone()]

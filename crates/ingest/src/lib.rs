@@ -31,10 +31,3 @@ pub enum Error {
     #[error("state store: {0}")]
     State(String),
 }
-
-impl Error {
-    /// Whether a retry can help (only a broker-side condition can).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Core(e) if e.is_retryable())
-    }
-}

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-/// Errors of the reconciler. [`Error::is_retryable`] tells whether trying again can help.
+/// Errors of the reconciler.
 ///
 /// A malformed input record is not an error: it is counted and skipped, so one bad record never
 /// stops the stage. These are the failures the stage cannot work around.
@@ -25,11 +25,4 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-}
-
-impl Error {
-    /// Whether retrying the same operation may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Core(e) if e.is_retryable())
-    }
 }

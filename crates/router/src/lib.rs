@@ -40,12 +40,6 @@ pub enum Error {
     State(String),
 }
 
-impl Error {
-    /// Whether a retry can help (only a broker-side condition can).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Core(e) if e.is_retryable())
-    }
-}
 use serde::{Deserialize, Serialize};
 use tillbridge_core::config::Topics;
 use tillbridge_core::domain::{Body, TillEvent};

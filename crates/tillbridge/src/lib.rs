@@ -9,6 +9,7 @@
 pub mod demo;
 pub mod logging;
 pub mod publish;
+pub mod signals;
 pub mod sim;
 
 use std::collections::BTreeMap;
@@ -379,6 +380,28 @@ fn limits(config: &Config) -> BatchLimits {
         max_bytes: config.ingest.batch_bytes,
         wait: POLL_WAIT,
     }
+}
+
+/// The default HMAC key of fingerprints, refused on a Kafka cluster.
+pub const DEFAULT_REPORT_KEY: &str = "change-me";
+
+/// Loads the configuration (see [`Config::load`]) and checks every section, whatever the command
+/// and the stages it runs: a typo under `[fraud_guard]` or `[router]` is an error for `report`
+/// and `create-topics` as much as for `run`. On a Kafka cluster the fingerprint key must be set:
+/// the default is public, so fingerprints made with it could be reversed for short codes.
+pub fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let config = Config::load(file)?;
+    fraud_guard_config(&config)?;
+    router_rules(&config)?;
+    let key = config.reconciler.report_key.trim();
+    if config.kafka.is_some() && (key.is_empty() || key == DEFAULT_REPORT_KEY) {
+        anyhow::bail!(
+            "reconciler.report_key is {}: set a secret of your own (TILLBRIDGE_RECONCILER__REPORT_KEY) \
+             before running against a Kafka cluster",
+            if key.is_empty() { "empty" } else { "the default" }
+        );
+    }
+    Ok(config)
 }
 
 /// The fraud-guard rules of `config`, checked strictly.

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tillbridge::{Stages, Transport};
-use tillbridge_core::config::Config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -90,14 +89,10 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(ansi)
         .init();
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    let config = tillbridge::load_config(cli.config.as_deref()).context("loading configuration")?;
     let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
-        }
-    });
+    tillbridge::signals::on_signals(shutdown.clone(), tillbridge::signals::DRAIN_TIMEOUT)
+        .context("listening for SIGTERM and SIGINT")?;
     match cli.command {
         Command::Run {
             stages,

@@ -94,3 +94,60 @@ fn the_example_http_destination_uncommented_loads_with_its_documented_defaults()
         assert!(failed, "{to} was accepted");
     }
 }
+
+/// Runs `tillbridge --config <toml> <args>` and returns (success, stderr).
+fn tillbridge_with(toml: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tillbridge"))
+        .arg("--config")
+        .arg(&f)
+        .args(args)
+        .env("TILLBRIDGE_STATE__DIR", dir.path().join("state"))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_command_checks_every_section() {
+    for (toml, section) in [
+        (
+            "[fraud_guard.clock_drift]\nenabeld = true\n",
+            "[fraud_guard]",
+        ),
+        ("[router]\nquarantine_topic = \"x\"\n", "[router]"),
+    ] {
+        for args in [
+            &["report", "--out", "r"][..],
+            &["run", "--stages", "ingest"][..],
+        ] {
+            let (ok, err) = tillbridge_with(toml, args, &[]);
+            assert!(!ok, "{args:?} accepted {toml:?}");
+            assert!(err.contains(section), "{args:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn the_default_report_key_is_refused_on_a_kafka_cluster() {
+    let kafka = "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n";
+    let (ok, err) = tillbridge_with(kafka, &["report", "--out", "r"], &[]);
+    assert!(!ok);
+    assert!(err.contains("report_key"), "{err}");
+    // With a key of its own the configuration passes (the report then finds no state).
+    let (_, err) = tillbridge_with(
+        kafka,
+        &["report", "--out", "r"],
+        &[("TILLBRIDGE_RECONCILER__REPORT_KEY", "a-secret-of-ours")],
+    );
+    assert!(!err.contains("report_key"), "{err}");
+    // The embedded log accepts the default, for a first look.
+    let (_, err) = tillbridge_with("", &["report", "--out", "r"], &[]);
+    assert!(!err.contains("report_key"), "{err}");
+}

@@ -341,6 +341,7 @@ fn spawn(config: &std::path::Path, log: &std::path::Path, crash_at: Option<&str>
         .arg(config)
         .args(["run", "--stages", "ingest,delivery"])
         .env("TILLBRIDGE_LOG", "info")
+        .env("TILLBRIDGE_RECONCILER__REPORT_KEY", "http-delivery-key")
         .envs(crash_at.map(|c| (tillbridge_core::crash::VAR, c)))
         .envs(crash_at.map(|_| ("TILLBRIDGE_INGEST__BATCH_SIZE", "10")))
         .stdout(Stdio::null())

@@ -192,6 +192,10 @@ fn child_env(config: &Config, broker: &str) -> Vec<(String, String)> {
     vec![
         ("TILLBRIDGE_KAFKA__BOOTSTRAP_SERVERS".into(), broker.into()),
         (
+            "TILLBRIDGE_RECONCILER__REPORT_KEY".into(),
+            "ingest-guarantees-key".into(),
+        ),
+        (
             "TILLBRIDGE_KAFKA__GROUP_PREFIX".into(),
             k.group_prefix.clone(),
         ),
