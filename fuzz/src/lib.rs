@@ -5,10 +5,13 @@
 //! (bits 2-3) and, where a stage reads several topics, the topic (bits 4-5); the rest is the
 //! payload. A seed is therefore one control byte followed by a JSON or protobuf event.
 
+use std::path::Path;
+
 use prost::Message;
 use tillbridge_core::config::Topics;
 use tillbridge_core::log::{OutRecord, Record};
 use tillbridge_core::pan;
+use tillbridge_core::stage::Processor;
 use tillbridge_proto::pb;
 
 /// 2026-11-02T08:00:00Z.
@@ -43,13 +46,52 @@ pub fn record(data: &[u8], topics: &[&str], offset: i64) -> Option<Record> {
     })
 }
 
-/// A directory for a stage's state, in memory when the machine has /dev/shm (a commit flushes).
-pub fn state_dir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm).expect("state dir")
-    } else {
-        tempfile::tempdir().expect("state dir")
+/// A stage's processor over state of its own, fed one record per fuzz input and committed after
+/// each, as the stage loop would. The state lives on across inputs, so duplicates, windows,
+/// ledgers and expiry are reached as well.
+pub struct Driven<P> {
+    _dir: tempfile::TempDir,
+    pub processor: P,
+    rt: tokio::runtime::Runtime,
+    offset: i64,
+}
+
+impl<P: Processor> Driven<P> {
+    /// `open` gets the state directory (in memory when the machine has /dev/shm: every commit
+    /// flushes).
+    pub fn new(open: impl FnOnce(&Path) -> P) -> Self {
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("state dir");
+        let processor = open(dir.path());
+        Driven {
+            _dir: dir,
+            processor,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            offset: 0,
+        }
+    }
+
+    /// Processes the record built from `data` (see [`record`]) and commits; its outputs, or
+    /// `None` for empty input. Bad input must be dead-lettered or skipped, never a stage error.
+    pub fn feed(&mut self, data: &[u8], topics: &[&str]) -> Option<Vec<OutRecord>> {
+        self.offset += 1;
+        let rec = record(data, topics, self.offset)?;
+        let outputs = match self.processor.process(&[rec]) {
+            Ok(o) => o,
+            Err(e) => panic!("bad input became a stage error: {e}"),
+        };
+        if let Err(e) = self.rt.block_on(self.processor.commit()) {
+            panic!("commit failed: {e}");
+        }
+        Some(outputs)
     }
 }
 
@@ -96,12 +138,4 @@ fn debug<M: Message + Default + std::fmt::Debug>(payload: &[u8]) -> String {
         "{:?}",
         M::decode(payload).expect("an output the stage wrote decodes")
     )
-}
-
-/// A runtime for the stages' async commits.
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
 }

@@ -11,7 +11,8 @@
 mod common;
 
 use common::same_answers::{
-    backlog, config, in_sync_order, outcome, records, run_all, spawn_run, wipe, Outcome,
+    backlog, config, finish_and_compare, in_sync_order, outcome, records, run_all, spawn_run, wipe,
+    Outcome,
 };
 use tillbridge::Transport;
 use tillbridge_core::log::OutRecord;
@@ -86,15 +87,11 @@ async fn sigkills_anywhere_change_no_answer() {
         }
         child.wait().unwrap();
     }
-    let status = spawn().wait().unwrap();
-    assert!(status.success(), "the last run ended with {status}");
-    let transport = Transport::from_config(&config).unwrap();
-    let Transport::Embedded(log) = &transport else {
-        unreachable!()
-    };
-    let got = outcome(&config, log, dir.path());
-    if let Err(e) = got.compare(&reference) {
-        panic!("after {killed} SIGKILLs: {e}");
-    }
+    finish_and_compare(
+        &config,
+        dir.path(),
+        &reference,
+        &format!("after {killed} SIGKILLs"),
+    );
     println!("{killed} SIGKILLs: no difference");
 }

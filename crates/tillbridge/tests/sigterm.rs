@@ -10,8 +10,7 @@ use std::io::{BufRead, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::same_answers::{backlog, config, in_sync_order, outcome, records, spawn_run};
-use tillbridge::Transport;
+use common::same_answers::{backlog, config, finish_and_compare, in_sync_order, records};
 
 /// The value of `tillbridge_records_consumed_total` for `stage` on the metrics endpoint.
 fn consumed(addr: &str, stage: &str) -> u64 {
@@ -109,17 +108,5 @@ async fn sigterm_drains_and_a_later_run_gives_the_same_answers() {
         "drained in {drain:?}: {}",
         summary.trim().replace('\n', "; ")
     );
-    let status = spawn_run(&config, &[]).wait().unwrap();
-    assert!(
-        status.success(),
-        "the run after SIGTERM ended with {status}"
-    );
-    let transport = Transport::from_config(&config).unwrap();
-    let Transport::Embedded(log) = &transport else {
-        unreachable!()
-    };
-    let got = outcome(&config, log, dir.path());
-    if let Err(e) = got.compare(&reference) {
-        panic!("after SIGTERM: {e}");
-    }
+    finish_and_compare(&config, dir.path(), &reference, "after SIGTERM");
 }

@@ -252,6 +252,21 @@ pub fn spawn_run(config: &Config, env: &[(&str, &str)]) -> std::process::Child {
         .unwrap()
 }
 
+/// Runs `tillbridge run --until-idle` to the end over `config` (after whatever stopped an earlier
+/// run), then panics naming `after` unless the outcome equals `reference`.
+pub fn finish_and_compare(config: &Config, dir: &Path, reference: &Outcome, after: &str) {
+    let status = spawn_run(config, &[]).wait().unwrap();
+    assert!(status.success(), "the run {after} ended with {status}");
+    let transport = Transport::from_config(config).unwrap();
+    let Transport::Embedded(log) = &transport else {
+        unreachable!()
+    };
+    let got = outcome(config, log, dir);
+    if let Err(e) = got.compare(reference) {
+        panic!("{after}: {e}");
+    }
+}
+
 pub async fn run_all(config: &Config, transport: &Transport) {
     tillbridge::run(
         config,
