@@ -2,18 +2,13 @@
 //! deterministic id.
 
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+pub(crate) use tillbridge_core::domain::code::CodeMasker;
 use tillbridge_core::ids;
 use tillbridge_proto::pb;
 use uuid::Uuid;
 
 /// Most event ids listed in one alert; the evidence string says how many more there were.
 pub(crate) const MAX_EVIDENCE_IDS: usize = 32;
-/// Hex digits of the HMAC fingerprint shown for a coupon.
-const FINGERPRINT_HEX: usize = 16;
-/// Codes shorter than this are masked entirely: showing four characters would reveal too much.
-const MIN_CODE_LEN_TO_SHOW_ENDS: usize = 8;
 
 /// The six rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,55 +56,6 @@ impl Rule {
     pub(crate) fn index(self) -> usize {
         self as usize
     }
-}
-
-/// Fingerprints and masks coupon codes so that no full code is ever stored or written.
-#[derive(Clone)]
-pub(crate) struct CodeMasker {
-    key: Vec<u8>,
-}
-
-impl std::fmt::Debug for CodeMasker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CodeMasker { key: <redacted> }")
-    }
-}
-
-impl CodeMasker {
-    pub(crate) fn new(report_key: &str) -> Self {
-        CodeMasker {
-            key: report_key.as_bytes().to_vec(),
-        }
-    }
-
-    /// HMAC-SHA256(report_key, code), first 16 hex digits.
-    pub(crate) fn fingerprint(&self, code: &str) -> String {
-        // HMAC accepts keys of any length, so this cannot fail; an empty tag would still never
-        // reveal the code.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
-            return String::new();
-        };
-        mac.update(code.as_bytes());
-        let mut h = hex::encode(mac.finalize().into_bytes());
-        h.truncate(FINGERPRINT_HEX);
-        h
-    }
-
-    /// The subject of a coupon: `coupon:AB…YZ#<fingerprint>`.
-    pub(crate) fn subject(&self, code: &str) -> String {
-        format!("coupon:{}#{}", mask(code), self.fingerprint(code))
-    }
-}
-
-/// The first two and last two characters of a code, or only an ellipsis for a short code.
-pub(crate) fn mask(code: &str) -> String {
-    let chars: Vec<char> = code.chars().collect();
-    if chars.len() < MIN_CODE_LEN_TO_SHOW_ENDS {
-        return "…".to_owned();
-    }
-    let head: String = chars[..2].iter().collect();
-    let tail: String = chars[chars.len() - 2..].iter().collect();
-    format!("{head}…{tail}")
 }
 
 /// The risk score: `weight` at the threshold, rising linearly to 100 at `excess_pct` = 100
@@ -200,21 +146,6 @@ pub(crate) fn capped_ids(ids: &[Uuid]) -> (Vec<String>, usize) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn masks_never_show_the_whole_code() {
-        assert_eq!(mask("SUMMER2026-XYZ"), "SU…YZ");
-        assert_eq!(mask("ABC"), "…");
-        assert_eq!(mask("ABCDEFG"), "…");
-        let m = CodeMasker::new("k");
-        let s = m.subject("SUMMER2026-XYZ");
-        assert!(s.starts_with("coupon:SU…YZ#"));
-        assert_eq!(s.len(), "coupon:SU…YZ#".len() + 16);
-        assert_ne!(
-            m.fingerprint("A"),
-            CodeMasker::new("other").fingerprint("A")
-        );
-    }
 
     #[test]
     fn scores_rise_from_the_weight_to_100() {

@@ -1,12 +1,12 @@
 //! Wire types into validated domain types, with the contract's checks.
 
 use chrono::{DateTime, Utc};
-use tillbridge_core::domain::{
+use tillbridge_domain::pan;
+use tillbridge_domain::{
     self, Body, Channel, Connectivity, CouponDefinition, CouponRedemption, Currency,
     LoyaltyActivity, LoyaltyBalance, ManualOverride, OverrideKind, RejectReason, Return,
     ReturnLine, Sale, SaleLine, TillEvent, TillStatus,
 };
-use tillbridge_core::pan;
 use uuid::Uuid;
 
 use crate::pb;
@@ -35,7 +35,7 @@ fn required(field: &str, s: &str) -> Result<String, Rejection> {
 
 fn ident(field: &str, s: &str) -> Result<String, Rejection> {
     let s = required(field, s)?;
-    if !domain::is_valid_ident(&s) {
+    if !tillbridge_domain::is_valid_ident(&s) {
         return Err(Rejection::invalid(field, "must be 1 to 64 of A-Za-z0-9._-"));
     }
     Ok(s)

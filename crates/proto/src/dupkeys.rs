@@ -56,7 +56,7 @@ impl<'de> Visitor<'de> for Check {
                 .flat_map(char::to_lowercase)
                 .collect();
             if !seen.insert(field) {
-                let name = if tillbridge_core::pan::contains(&key) {
+                let name = if tillbridge_domain::pan::contains(&key) {
                     "(a key that looks like card data)".to_owned()
                 } else {
                     format!("{key:?}")
@@ -106,7 +106,7 @@ mod tests {
             .contains("\"a\""));
         assert!(duplicate_key(br#"{"s":{"l":[{"k":"x","k":"4111111111111111"}]}}"#).is_some());
         let msg = duplicate_key(br#"{"4111111111111111":1,"4111111111111111":2}"#).unwrap();
-        assert!(!tillbridge_core::pan::contains(&msg), "{msg}");
+        assert!(!tillbridge_domain::pan::contains(&msg), "{msg}");
         // Not JSON at all is for the decoder to say.
         assert_eq!(duplicate_key(b"{nope"), None);
     }

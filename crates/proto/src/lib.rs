@@ -14,9 +14,9 @@ use std::sync::OnceLock;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
 use sha2::{Digest, Sha256};
-use tillbridge_core::domain::RejectReason;
-pub use tillbridge_core::domain::TillEvent;
-use tillbridge_core::pan;
+use tillbridge_domain::pan;
+use tillbridge_domain::RejectReason;
+pub use tillbridge_domain::TillEvent;
 
 pub use convert::{coupon_definition, loyalty_balance, validate};
 
@@ -117,7 +117,7 @@ pub fn from_json<M: Message + Default>(name: &str, payload: &[u8]) -> Result<M, 
 /// serde_json's message without echoing input values (which may hold card digits).
 fn json_error(e: &serde_json::Error) -> String {
     let msg = e.to_string();
-    if tillbridge_core::pan::contains(&msg) {
+    if tillbridge_domain::pan::contains(&msg) {
         format!(
             "{:?} error at line {} column {}",
             e.classify(),

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
-use tillbridge_core::domain::{Body, RejectReason};
+use tillbridge_domain::{Body, RejectReason};
 use tillbridge_proto::{decode_till_event, detect_encoding, pb, to_json, validate, Encoding};
 
 const SALE: &str = r#"{"eventId":"0b6f2a59-3f8e-4f54-8a57-7b2f0f7c1c11","storeId":"S1","tillId":"T1",
@@ -30,7 +30,7 @@ fn a_protobuf_error_never_quotes_a_card_number() {
     assert_eq!(r.reason, RejectReason::DecodeError);
     assert!(r.detail.contains("invalid key value"), "{}", r.detail);
     assert!(
-        !tillbridge_core::pan::contains(&r.detail),
+        !tillbridge_domain::pan::contains(&r.detail),
         "a PAN in {}",
         r.detail
     );
@@ -312,7 +312,7 @@ fn amounts_are_bounded_totals_never_negative_and_never_echoed() {
         .and_then(|e| validate(&e))
         .unwrap_err();
     assert!(!r.detail.contains("4111"), "{}", r.detail);
-    assert!(!tillbridge_core::pan::contains(&r.detail));
+    assert!(!tillbridge_domain::pan::contains(&r.detail));
 }
 
 #[test]
@@ -323,7 +323,7 @@ fn a_field_given_twice_is_refused_whatever_its_spelling() {
     let r = decode_till_event(twice.as_bytes(), None).unwrap_err();
     assert_eq!(r.reason, RejectReason::DecodeError);
     assert!(r.detail.contains("duplicate key \"sku\""), "{}", r.detail);
-    assert!(!tillbridge_core::pan::contains(&r.detail), "{}", r.detail);
+    assert!(!tillbridge_domain::pan::contains(&r.detail), "{}", r.detail);
     // Both proto3 JSON spellings of one field.
     let both = SALE.replace(r#""storeId":"S1","#, r#""storeId":"S1","store_id":"S2","#);
     assert_eq!(

@@ -46,7 +46,6 @@
 mod coupon;
 mod error;
 mod loyalty;
-mod mask;
 mod model;
 mod report;
 
@@ -235,7 +234,7 @@ impl Outstanding {
 /// The case id of a coupon: derived from its keyed fingerprint, so the id does not give the code
 /// away to anyone who can guess codes.
 fn coupon_case_id(report_key: &str, code: &str) -> String {
-    let fp = mask::fingerprint(report_key, code);
+    let fp = tillbridge_core::domain::code::fingerprint(report_key.as_bytes(), code);
     ids::derive(&format!("coupon/{fp}"), "case", 0).to_string()
 }
 
@@ -813,7 +812,7 @@ impl Reconciler {
             let case_id = coupon_case_id(&self.report_key, &code);
             let eval = coupon::evaluate(&st, self.horizon, &case_id);
             let mut comp = std::mem::take(&mut st.compensations);
-            let subject = mask::mask(&code);
+            let subject = tillbridge_core::domain::code::mask(&code);
             if self.learned.outstanding.contains_key(&code) || !self.learned.ever.is_empty() {
                 self.adopt_learned(&mut comp, &eval.desired, &case_id, &code, &subject, out);
             }

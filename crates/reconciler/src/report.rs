@@ -13,9 +13,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tillbridge_core::config::ReconcilerConfig;
 
-use crate::mask::{fingerprint, mask};
 use crate::model::{Case, SubjectType};
 use crate::Error;
+use tillbridge_core::domain::code::{fingerprint, mask};
 
 /// One fact in a case's timeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +150,7 @@ impl Report {
             let (subject, fp, subject_type) = match c.subject_type {
                 SubjectType::Coupon => (
                     mask(&c.subject_key),
-                    Some(fingerprint(&cfg.report_key, &c.subject_key)),
+                    Some(fingerprint(cfg.report_key.as_bytes(), &c.subject_key)),
                     "COUPON",
                 ),
                 SubjectType::Profile => (c.subject_key.clone(), None, "PROFILE"),

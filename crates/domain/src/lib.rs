@@ -1,8 +1,18 @@
+//! The leaf crate of tillbridge; it imports no other crate of the workspace, and every other one
+//! may import it.
+//!
 //! Validated domain types. Every value here passed the contract's checks (docs/CONTRACT.md);
 //! the wire types of the `tillbridge-proto` crate convert into them with `TryFrom`.
 //!
 //! Money is integer minor units with a [`Currency`]; time is UTC. `occurred_at` is event time on
 //! the till's clock; processing time is never stored in these types.
+//!
+//! Also here: [`pan`] (card-number detection and redaction), [`ids`] (deterministic output
+//! ids) and [`code`] (the one masker and fingerprinter of coupon codes).
+
+pub mod code;
+pub mod ids;
+pub mod pan;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use tillbridge_core::pan;
+use tillbridge_domain::pan;
 
 /// A small deterministic generator (splitmix64), so the corpus is the same on every run.
 struct Rng(u64);
