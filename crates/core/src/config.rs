@@ -34,6 +34,9 @@ pub struct Config {
     /// Routing rules and the store table. Checked strictly by the router crate, which owns
     /// their types.
     pub router: serde_json::Value,
+    /// The HTTP destination toward the promotion core (absent: none). Checked strictly by the
+    /// delivery crate, which owns its type. `[router.http]` is read too, with a warning.
+    pub delivery: serde_json::Value,
 }
 
 /// Topic names (defaults from the wire contract v1).

@@ -169,6 +169,17 @@ pub fn to_json<M: Message + Default + ReflectMessageName>(msg: &M) -> String {
     String::from_utf8(ser.into_inner()).unwrap_or_default()
 }
 
+/// The `content-type` header of tillbridge's own protobuf records.
+pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
+
+/// A UTC time as a protobuf timestamp.
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
 /// The full protobuf name of a generated type, for [`to_json`].
 pub trait ReflectMessageName {
     const FULL_NAME: &'static str;

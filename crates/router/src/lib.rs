@@ -9,35 +9,27 @@
 //!
 //! - Routing rules ([`rules`]) decide where the session record goes (by body, store glob, store
 //!   metadata and channel), and quarantine the events of stores that are not live.
-//! - The HTTP destination ([`outbox`], configured by [`HttpConfig`]) sends one request per
-//!   record of a destination topic to the promotion core's API through a durable, rate-limited
-//!   outbox with retries, so consumption goes on while the core is slow or down.
+//!
+//! The HTTP destination that sends a destination's records to the promotion core is the
+//! `tillbridge-delivery` crate; this one compiles no HTTP client.
 //!
 //! Output ids are UUIDv5 over the input event id, the fact kind and its index, so a replay
 //! re-sends identical records. The router is pure: what it needs to know about an earlier sale
 //! (its coupons, profile and total) is passed in as a [`SessionInfo`] by the stage that keeps the
 //! session index.
 
-mod http;
-pub mod outbox;
 pub mod rules;
 
-pub use http::{HttpConfig, HttpMethod};
-pub use outbox::{dead_letter, Delivery, DeliveryStats, Drainer, Outbox};
 use prost::Message;
 pub use rules::{Decision, RouterConfig, RuleError, Rules, StoreTable};
 
-/// Errors of the router crate: configuration mistakes (at start-up) and failures of the
-/// outbox's local storage. Neither is helped by retrying; an unreachable promotion core is not
-/// an error here (its requests wait and are retried).
+/// Errors of the router crate: configuration mistakes, found at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Rule(#[from] RuleError),
     #[error(transparent)]
     Core(#[from] tillbridge_core::Error),
-    #[error("outbox state: {0}")]
-    State(String),
 }
 
 use serde::{Deserialize, Serialize};
@@ -48,7 +40,7 @@ use tillbridge_core::log::OutRecord;
 use tillbridge_proto::pb;
 
 /// Header naming the encoding of tillbridge's own records.
-pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
+pub use tillbridge_proto::CONTENT_TYPE_PROTOBUF;
 
 /// What the session index remembers of a sale.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,12 +78,7 @@ pub struct Router {
     rules: Rules,
 }
 
-fn ts(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
+use tillbridge_proto::timestamp as ts;
 
 impl Router {
     /// A router with the default rules (everything to `promo.sessions`).

@@ -16,8 +16,6 @@ use tillbridge_core::domain::{BodyKind, Channel, RejectReason, TillEvent};
 use tillbridge_core::log::Record;
 use tillbridge_proto::{pb, Rejection};
 
-use crate::http::HttpConfig;
-
 /// The name of the built-in destination `promo.sessions`.
 pub const SESSIONS: &str = "sessions";
 
@@ -46,8 +44,6 @@ pub enum RuleError {
     EmptyTopic(String),
     #[error("router config: {0}")]
     Invalid(String),
-    #[error("router.http: {0}")]
-    Http(String),
 }
 
 /// The `[router]` section.
@@ -62,8 +58,6 @@ pub struct RouterConfig {
     pub rules: Vec<RuleConfig>,
     /// The store table: metadata rules can match on.
     pub stores: Vec<StoreConfig>,
-    /// An HTTP destination toward the promotion core's API (absent: none).
-    pub http: Option<HttpConfig>,
 }
 
 impl Default for RouterConfig {
@@ -76,7 +70,6 @@ impl Default for RouterConfig {
             quarantine: "quarantine".into(),
             rules: Vec::new(),
             stores: Vec::new(),
-            http: None,
         }
     }
 }
@@ -303,15 +296,6 @@ impl Rules {
             };
             rules.push((r.name.clone(), m, r.to.clone()));
         }
-        if let Some(http) = &cfg.http {
-            if !names.contains_key(&http.destination) {
-                return Err(RuleError::Http(format!(
-                    "destination {:?} is unknown; known: {known}",
-                    http.destination
-                )));
-            }
-            http.validate()?;
-        }
         let mut stores = BTreeMap::new();
         for s in &cfg.stores {
             if stores.insert(s.store_id.clone(), s.clone()).is_some() {
@@ -343,6 +327,11 @@ impl Rules {
     /// The topic of destination `name`.
     pub fn topic_of(&self, name: &str) -> Option<&str> {
         self.topics.get(name).map(String::as_str)
+    }
+
+    /// The names of every destination, for error messages.
+    pub fn destination_names(&self) -> Vec<&str> {
+        self.topics.keys().map(String::as_str).collect()
     }
 
     /// Every topic a rule can send to (for creating topics).

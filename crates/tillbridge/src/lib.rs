@@ -69,7 +69,7 @@ impl Transport {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stages {
     pub ingest: bool,
-    /// The HTTP destination's delivery stage (runs only when `[router.http]` is configured).
+    /// The HTTP destination's delivery stage (runs only when `[delivery]` is configured).
     pub delivery: bool,
     pub reconciler: bool,
     pub fraud_guard: bool,
@@ -393,6 +393,7 @@ pub fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
     let config = Config::load(file)?;
     fraud_guard_config(&config)?;
     router_rules(&config)?;
+    delivery_config(&config)?;
     let key = config.reconciler.report_key.trim();
     if config.kafka.is_some() && (key.is_empty() || key == DEFAULT_REPORT_KEY) {
         anyhow::bail!(
@@ -415,12 +416,47 @@ pub fn fraud_guard_config(config: &Config) -> anyhow::Result<FraudGuardConfig> {
     Ok(fg)
 }
 
-/// The `[router]` section of `config`, checked strictly.
+/// The `[router]` section of `config`, checked strictly (without `http`, which is the former
+/// place of `[delivery]`).
 pub fn router_config(config: &Config) -> anyhow::Result<tillbridge_router::RouterConfig> {
-    if config.router.is_null() {
+    let mut router = config.router.clone();
+    if let Some(section) = router.as_object_mut() {
+        section.remove("http");
+    }
+    if router.is_null() {
         return Ok(tillbridge_router::RouterConfig::default());
     }
-    serde_json::from_value(config.router.clone()).context("invalid [router] section")
+    serde_json::from_value(router).context("invalid [router] section")
+}
+
+/// The `[delivery]` section of `config` (`None`: no HTTP destination), checked strictly,
+/// including that its destination is one the routing rules name. `[router.http]`, its former
+/// place, is read with a warning; both at once is an error.
+pub fn delivery_config(config: &Config) -> anyhow::Result<Option<tillbridge_delivery::HttpConfig>> {
+    let old = config.router.get("http").filter(|v| !v.is_null());
+    let section = match (config.delivery.is_null(), old) {
+        (true, None) => return Ok(None),
+        (false, None) => config.delivery.clone(),
+        (true, Some(old)) => {
+            tracing::warn!("[router.http] is deprecated: move it to [delivery]");
+            old.clone()
+        }
+        (false, Some(_)) => {
+            anyhow::bail!("both [delivery] and [router.http] are set: keep [delivery] only")
+        }
+    };
+    let http: tillbridge_delivery::HttpConfig =
+        serde_json::from_value(section).context("invalid [delivery] section")?;
+    http.validate().context("invalid [delivery] section")?;
+    let rules = router_rules(config)?;
+    if rules.topic_of(&http.destination).is_none() {
+        anyhow::bail!(
+            "invalid [delivery] section: destination {:?} is not a destination of [router]; known: {}",
+            http.destination,
+            rules.destination_names().join(", ")
+        );
+    }
+    Ok(Some(http))
 }
 
 /// The routing rules of `config`, compiled (every mistake is a start-up error).
@@ -498,7 +534,7 @@ async fn table_loop<S: Source + 'static>(
                 tillbridge_core::metrics::DEAD_LETTERS
                     .with_label_values(&[rej.reason.code()])
                     .inc();
-                dead.push(tillbridge_router::dead_letter(
+                dead.push(tillbridge_core::log::dead_letter(
                     r,
                     dlq,
                     rej.reason.code(),
@@ -549,8 +585,8 @@ async fn table_loop<S: Source + 'static>(
 async fn run_delivery(
     transport: &Transport,
     topics: &[String],
-    mut delivery: tillbridge_router::Delivery,
-    drainer: tillbridge_router::Drainer,
+    mut delivery: tillbridge_delivery::Delivery,
+    drainer: tillbridge_delivery::Drainer,
     limits: BatchLimits,
     until: Until,
     shutdown: CancellationToken,
@@ -667,15 +703,15 @@ pub async fn run(
         });
     }
     if stages.delivery {
-        match router_config(config)?.http {
+        match delivery_config(config)? {
             Some(http) => {
                 let rules = router_rules(config)?;
                 let topic = rules
                     .topic_of(&http.destination)
-                    .context("router.http.destination")?
+                    .context("delivery.destination")?
                     .to_owned();
                 let (p, drainer) =
-                    tillbridge_router::outbox::open(&state, &config.topics.dlq, &http)?;
+                    tillbridge_delivery::outbox::open(&state, &config.topics.dlq, &http)?;
                 let (t, stop) = (transport.clone(), shutdown.clone());
                 tasks.spawn(async move {
                     let r = run_delivery(&t, &[topic], p, drainer, limits, until, stop).await;
@@ -683,7 +719,7 @@ pub async fn run(
                 });
             }
             None => {
-                tracing::info!("no [router.http] configured: the delivery stage is not started")
+                tracing::info!("no [delivery] configured: the delivery stage is not started")
             }
         }
     }

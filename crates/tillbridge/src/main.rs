@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Run the pipeline: on Kafka when `[kafka]` is configured, else on the embedded log.
     Run {
-        /// Stages to run, comma separated (`delivery` runs only when `[router.http]` is set).
+        /// Stages to run, comma separated (`delivery` runs only when `[delivery]` is set).
         #[arg(
             long,
             default_value = "ingest,delivery,reconciler,fraud-guard",

@@ -57,7 +57,7 @@ fn typos_in_any_section_are_start_up_errors() {
 #[test]
 fn the_example_http_destination_uncommented_loads_with_its_documented_defaults() {
     let text = std::fs::read_to_string(example()).unwrap();
-    let start = text.find("# [router.http]").unwrap();
+    let start = text.find("# [delivery]").unwrap();
     let block: String = text[start..]
         .lines()
         .map(|l| l.strip_prefix("# ").unwrap_or(l))
@@ -68,8 +68,8 @@ fn the_example_http_destination_uncommented_loads_with_its_documented_defaults()
     std::fs::write(&f, format!("{}\n{block}\n", &text[..start])).unwrap();
     let config = Config::load(Some(&f)).unwrap();
     tillbridge::router_rules(&config).unwrap();
-    let http = tillbridge::router_config(&config).unwrap().http.unwrap();
-    let mut want = tillbridge_router::HttpConfig::new(
+    let http = tillbridge::delivery_config(&config).unwrap().unwrap();
+    let mut want = tillbridge_delivery::HttpConfig::new(
         "https://core.example.com/v2/customer_sessions/{session_id}",
     );
     want.headers
@@ -89,10 +89,21 @@ fn the_example_http_destination_uncommented_loads_with_its_documented_defaults()
         .unwrap();
         let failed = match Config::load(Some(&f)) {
             Err(_) => true,
-            Ok(c) => tillbridge::router_rules(&c).is_err(),
+            Ok(c) => tillbridge::delivery_config(&c).is_err(),
         };
         assert!(failed, "{to} was accepted");
     }
+    // Its former place, [router.http], is still read; both at once is refused.
+    let old = block
+        .replace("[delivery]", "[router.http]")
+        .replace("[delivery.headers]", "[router.http.headers]");
+    std::fs::write(&f, format!("{}\n{old}\n", &text[..start])).unwrap();
+    let config = Config::load(Some(&f)).unwrap();
+    assert_eq!(tillbridge::delivery_config(&config).unwrap().unwrap(), want);
+    tillbridge::router_rules(&config).unwrap();
+    std::fs::write(&f, format!("{}\n{block}\n{old}\n", &text[..start])).unwrap();
+    let config = Config::load(Some(&f)).unwrap();
+    assert!(tillbridge::delivery_config(&config).is_err());
 }
 
 /// Runs `tillbridge --config <toml> <args>` and returns (success, stderr).

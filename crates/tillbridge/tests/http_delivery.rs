@@ -19,8 +19,8 @@ use tillbridge::{Stages, Transport};
 use tillbridge_core::config::Config;
 use tillbridge_core::log::{BatchLimits, EmbeddedLog, OutRecord};
 use tillbridge_core::stage::{self, Until};
+use tillbridge_delivery::HttpConfig;
 use tillbridge_proto::pb;
-use tillbridge_router::HttpConfig;
 use tokio_util::sync::CancellationToken;
 
 const RATE: u32 = 100;
@@ -303,7 +303,7 @@ instance_id = "sigkill"
 [state]
 dir = "{}"
 
-[router.http]
+[delivery]
 url = "{}"
 rate_limit_per_second = {}
 burst = {}
@@ -561,7 +561,7 @@ async fn a_full_outbox_pauses_consumption_until_the_core_drains_it() {
     };
     let run_once = |stop: CancellationToken| {
         let (mut delivery, drainer) =
-            tillbridge_router::outbox::open(&state, "tillbridge.dlq", &http).unwrap();
+            tillbridge_delivery::outbox::open(&state, "tillbridge.dlq", &http).unwrap();
         let outbox = drainer.outbox();
         let log = log.clone();
         let task = tokio::spawn(async move {

@@ -146,6 +146,34 @@ pub trait Sink: Send + Sync {
     fn send(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// The dead letter of a record a stage read that breaks the contract (a store row, a destination
+/// record): its original bytes and key redacted of card numbers, its id derived from the record's
+/// position, so a replay writes the same dead letter.
+pub fn dead_letter(rec: &Record, dlq: &str, reason: &str, detail: &str) -> OutRecord {
+    use prost::Message;
+    use tillbridge_proto::pb;
+    let source = format!("{}/{}/{}", rec.topic, rec.partition, rec.offset);
+    let dl = pb::DeadLetter {
+        id: crate::ids::derive(&source, "dead_letter", 0).to_string(),
+        reason: reason.to_owned(),
+        detail: detail.to_owned(),
+        source_topic: rec.topic.clone(),
+        source_partition: rec.partition,
+        source_offset: rec.offset,
+        original: crate::pan::redact(rec.payload.as_deref().unwrap_or_default()),
+        event_id: None,
+        rejected_at: Some(tillbridge_proto::timestamp(chrono::Utc::now())),
+    };
+    OutRecord::new(
+        dlq,
+        crate::pan::redact(rec.key.as_deref().unwrap_or_default()),
+        dl.encode_to_vec(),
+    )
+    .with_header("content-type", tillbridge_proto::CONTENT_TYPE_PROTOBUF)
+    .with_header("tillbridge-reason", reason)
+    .with_timestamp(rec.timestamp_ms)
+}
+
 /// A stable partitioner: the same key always lands in the same partition.
 pub fn partition_for(key: &[u8], partitions: u32) -> i32 {
     // FNV-1a: stable across versions and platforms, unlike std's hasher.

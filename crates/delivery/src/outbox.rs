@@ -30,7 +30,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use tillbridge_core::log::{OutRecord, Record, Sink};
+use tillbridge_core::log::{dead_letter, OutRecord, Record, Sink};
 use tillbridge_core::stage::Processor;
 use tillbridge_core::store::StateStore;
 use tillbridge_core::{ids, metrics, pan};
@@ -471,7 +471,7 @@ pub fn open(
         .timeout(cfg.timeout)
         .user_agent(concat!("tillbridge/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| Error::Rule(crate::RuleError::Http(format!("HTTP client: {e}"))))?;
+        .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
     let quota =
         Quota::per_second(NonZeroU32::new(cfg.rate_limit_per_second).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(cfg.burst).unwrap_or(NonZeroU32::MIN));
@@ -509,32 +509,6 @@ impl Delivery {
     pub fn outbox(&self) -> Arc<Outbox> {
         self.outbox.clone()
     }
-}
-
-/// The dead letter of a record read by the router (a store row, a destination record) that
-/// breaks the contract: its original bytes and key redacted of card numbers, its id derived from
-/// the record's position.
-pub fn dead_letter(rec: &Record, dlq: &str, reason: &str, detail: &str) -> OutRecord {
-    let source = format!("{}/{}/{}", rec.topic, rec.partition, rec.offset);
-    let dl = pb::DeadLetter {
-        id: ids::derive(&source, "dead_letter", 0).to_string(),
-        reason: reason.to_owned(),
-        detail: detail.to_owned(),
-        source_topic: rec.topic.clone(),
-        source_partition: rec.partition,
-        source_offset: rec.offset,
-        original: pan::redact(rec.payload.as_deref().unwrap_or_default()),
-        event_id: None,
-        rejected_at: Some(crate::ts(chrono::Utc::now())),
-    };
-    OutRecord::new(
-        dlq,
-        pan::redact(rec.key.as_deref().unwrap_or_default()),
-        dl.encode_to_vec(),
-    )
-    .with_header("content-type", crate::CONTENT_TYPE_PROTOBUF)
-    .with_header("tillbridge-reason", reason)
-    .with_timestamp(rec.timestamp_ms)
 }
 
 impl Processor for Delivery {
@@ -784,10 +758,10 @@ impl Drainer {
             source_offset: e.source_offset,
             original: pan::redact(e.body.as_bytes()),
             event_id: Some(e.event_id.clone()),
-            rejected_at: Some(crate::ts(chrono::Utc::now())),
+            rejected_at: Some(tillbridge_proto::timestamp(chrono::Utc::now())),
         };
         OutRecord::new(&self.dlq, e.session.as_bytes(), dl.encode_to_vec())
-            .with_header("content-type", crate::CONTENT_TYPE_PROTOBUF)
+            .with_header("content-type", tillbridge_proto::CONTENT_TYPE_PROTOBUF)
             .with_header("tillbridge-reason", HTTP_REJECTED)
             .with_header("tillbridge-http-status", status.to_string())
     }

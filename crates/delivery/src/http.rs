@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::RuleError;
+use crate::Error;
 
-/// The `[router.http]` section: one HTTP destination toward a promotion core.
+/// The `[delivery]` section (formerly `[router.http]`): one HTTP destination toward a promotion
+/// core.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -64,8 +65,11 @@ pub enum HttpMethod {
     Post,
 }
 
+/// The routing destination of `promo.sessions` (the router's built-in name).
+const SESSIONS: &str = "sessions";
+
 fn default_destination() -> String {
-    crate::rules::SESSIONS.to_owned()
+    SESSIONS.to_owned()
 }
 fn default_rate() -> u32 {
     10
@@ -123,8 +127,8 @@ impl HttpConfig {
     }
 
     /// Checks every field; each mistake is a start-up error.
-    pub(crate) fn validate(&self) -> Result<(), RuleError> {
-        let bad = |why: String| Err(RuleError::Http(why));
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |why: String| Err(Error::Config(why));
         if self.rate_limit_per_second == 0 || self.burst == 0 {
             return bad("rate_limit_per_second and burst must be at least 1".into());
         }
@@ -311,7 +315,7 @@ mod tests {
             "not a url",
         ] {
             assert!(
-                matches!(HttpConfig::new(bad).validate(), Err(RuleError::Http(_))),
+                matches!(HttpConfig::new(bad).validate(), Err(Error::Config(_))),
                 "{bad}"
             );
         }
