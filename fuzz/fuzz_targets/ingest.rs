@@ -17,10 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let stage = lock.get_or_insert_with(|| {
         Driven::new(|dir| {
             // As `tillbridge run` builds it: the default rules over an (empty) store table.
-            let rules = tillbridge_router::Rules::compile(&topics, &Default::default())
+            let rules = tillbridge_ingest::route::Rules::compile(&topics, &Default::default())
                 .expect("default rules")
-                .with_store_table(tillbridge_router::StoreTable::new());
-            let router = tillbridge_router::Router::with_rules(topics.clone(), rules);
+                .with_store_table(tillbridge_ingest::route::StoreTable::new());
+            let router = tillbridge_ingest::route::Router::with_rules(topics.clone(), rules);
             Ingest::open(dir, topics.clone(), IngestConfig::default())
                 .expect("open ingest")
                 .with_router(router)

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use tillbridge_core::pan;
 use tillbridge_fuzz::record;
-use tillbridge_router::StoreTable;
+use tillbridge_ingest::route::StoreTable;
 
 fuzz_target!(|data: &[u8]| {
     let table = StoreTable::new();

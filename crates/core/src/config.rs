@@ -31,7 +31,7 @@ pub struct Config {
     /// The fraud-guard rules. Checked strictly (unknown keys are errors) by the fraud-guard
     /// crate, which owns their types.
     pub fraud_guard: serde_json::Value,
-    /// Routing rules and the store table. Checked strictly by the router crate, which owns
+    /// Routing rules and the store table. Checked strictly by ingest's `route` module, which owns
     /// their types.
     pub router: serde_json::Value,
     /// The HTTP destination toward the promotion core (absent: none). Checked strictly by the

@@ -5,7 +5,7 @@
 //! no destructor runs and nothing is flushed, as when the process is SIGKILLed there. Without the
 //! variable (always, outside tests) a point costs one load of an initialised cell.
 //!
-//! The points of the stage loop ([`crate::stage::run`]), for every stage:
+//! The points of the stage loop (`stage::run`), for every stage:
 //! - `processed`: outputs computed, nothing written;
 //! - `sent`: outputs durable, state not;
 //! - `committed`: outputs and state durable, offsets not acknowledged;

@@ -3,7 +3,7 @@
 //! For each record of `till.events`, in partition order: size check, decode (protobuf or proto3
 //! JSON), contract validation, clock-skew check against the record timestamp, deduplication by
 //! `event_id`; then either dead-letter it (with a reason code, redacted of card data) or route it
-//! (see `tillbridge-router`). It implements [`Processor`], so the stage loop in
+//! ([`route`]: rules, the router and the store table). It implements [`Processor`], so the stage loop in
 //! `tillbridge_core::stage` gives it the at-least-once guarantee:
 //!
 //! **Guarantee.** A record's offset is acknowledged only after (1) every output for it
@@ -19,6 +19,7 @@
 
 mod dedup;
 mod processor;
+pub mod route;
 
 pub use processor::{Ingest, IngestStats, TillGaps};
 
@@ -30,4 +31,6 @@ pub enum Error {
     Core(#[from] tillbridge_core::Error),
     #[error("state store: {0}")]
     State(String),
+    #[error(transparent)]
+    Rule(#[from] route::RuleError),
 }

@@ -3,6 +3,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::route::{Router, SessionInfo};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tillbridge_core::config::{IngestConfig, Topics};
@@ -12,7 +13,6 @@ use tillbridge_core::stage::Processor;
 use tillbridge_core::store::StateStore;
 use tillbridge_core::{ids, metrics, pan};
 use tillbridge_proto::{pb, Rejection};
-use tillbridge_router::{Router, SessionInfo};
 
 use crate::dedup::{DedupIndex, Seen};
 use crate::Error;
@@ -240,7 +240,7 @@ impl Ingest {
         };
         let key = pan::redact(rec.key.as_deref().unwrap_or_default());
         OutRecord::new(&self.topics.dlq, key, dl.encode_to_vec())
-            .with_header("content-type", tillbridge_router::CONTENT_TYPE_PROTOBUF)
+            .with_header("content-type", crate::route::CONTENT_TYPE_PROTOBUF)
             .with_header("tillbridge-reason", rejection.reason.code())
             .with_timestamp(rec.timestamp_ms)
     }

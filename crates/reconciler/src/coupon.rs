@@ -26,8 +26,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use tillbridge_core::domain::CouponDefinition;
 
+use crate::model::TimelineEntry;
 use crate::model::{Case, CouponState, Frozen, Reason, Redemption, Release, SubjectType};
-use crate::report::TimelineEntry;
 
 /// What the ledger says about one redemption.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -64,7 +64,8 @@ use tillbridge_core::store::StateStore;
 use tillbridge_proto::pb;
 
 pub use error::Error;
-pub use report::{Bucket, CaseReport, Report, Summary, TimelineEntry, Totals};
+pub use model::TimelineEntry;
+pub use report::{Bucket, CaseReport, Report, Summary, Totals};
 
 use coupon::Desired;
 use model::{

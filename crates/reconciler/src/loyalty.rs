@@ -20,10 +20,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::coupon::Desired;
+use crate::model::TimelineEntry;
 use crate::model::{
     final_before, is_final, Case, LoyaltyEntry, LoyaltyKind, ProfileState, Reason, SubjectType,
 };
-use crate::report::TimelineEntry;
 
 #[derive(Debug)]
 pub(crate) struct Evaluation {

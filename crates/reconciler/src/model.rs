@@ -9,8 +9,6 @@ use serde::{Deserialize, Serialize};
 use tillbridge_core::domain::CouponDefinition;
 use tillbridge_proto::pb;
 
-use crate::report::TimelineEntry;
-
 /// Why a redemption is compensated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -313,4 +311,34 @@ pub(crate) fn final_before(
 
 pub(crate) fn is_final(at: DateTime<Utc>, threshold: Option<DateTime<Utc>>) -> bool {
     threshold.is_some_and(|t| at.cmp(&t) == Ordering::Less)
+}
+
+/// One fact in a case's timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub fact_id: String,
+    pub event_id: String,
+    /// REDEEMED, RELEASED, EARNED, REDEEMED_POINTS, RETURNED or CANCELLED.
+    pub fact: String,
+    pub occurred_at: DateTime<Utc>,
+    pub store_id: String,
+    pub till_id: String,
+    pub till_seq: u64,
+    pub cashier_id: Option<String>,
+    pub profile_id: Option<String>,
+    /// The sale's session; for a release, return or cancellation the session it acts on.
+    pub session_id: String,
+    pub offline: bool,
+    /// The coupon discount, the refund of a return, or the sale total of a loyalty fact.
+    pub amount_minor: i64,
+    pub currency: String,
+    pub points: i64,
+    /// Points to claw back from this redemption (loyalty deficits only).
+    pub clawback_points: i64,
+    /// The profile's balance after this fact, for facts after the snapshot.
+    pub balance_after: Option<i64>,
+    /// STANDS, RELEASED, a violation reason, VOID (redeemed in a cancelled session),
+    /// IN_SNAPSHOT (already in the balance snapshot), or empty for facts that are not judged.
+    pub verdict: String,
+    pub is_final: bool,
 }

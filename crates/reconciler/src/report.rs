@@ -10,42 +10,13 @@ use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tillbridge_core::config::ReconcilerConfig;
 
+use crate::model::TimelineEntry;
 use crate::model::{Case, SubjectType};
 use crate::Error;
 use tillbridge_core::domain::code::{fingerprint, mask};
-
-/// One fact in a case's timeline.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimelineEntry {
-    pub fact_id: String,
-    pub event_id: String,
-    /// REDEEMED, RELEASED, EARNED, REDEEMED_POINTS, RETURNED or CANCELLED.
-    pub fact: String,
-    pub occurred_at: DateTime<Utc>,
-    pub store_id: String,
-    pub till_id: String,
-    pub till_seq: u64,
-    pub cashier_id: Option<String>,
-    pub profile_id: Option<String>,
-    /// The sale's session; for a release, return or cancellation the session it acts on.
-    pub session_id: String,
-    pub offline: bool,
-    /// The coupon discount, the refund of a return, or the sale total of a loyalty fact.
-    pub amount_minor: i64,
-    pub currency: String,
-    pub points: i64,
-    /// Points to claw back from this redemption (loyalty deficits only).
-    pub clawback_points: i64,
-    /// The profile's balance after this fact, for facts after the snapshot.
-    pub balance_after: Option<i64>,
-    /// STANDS, RELEASED, a violation reason, VOID (redeemed in a cancelled session),
-    /// IN_SNAPSHOT (already in the balance snapshot), or empty for facts that are not judged.
-    pub verdict: String,
-    pub is_final: bool,
-}
 
 /// A case as the report shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

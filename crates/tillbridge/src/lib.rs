@@ -418,13 +418,13 @@ pub fn fraud_guard_config(config: &Config) -> anyhow::Result<FraudGuardConfig> {
 
 /// The `[router]` section of `config`, checked strictly (without `http`, which is the former
 /// place of `[delivery]`).
-pub fn router_config(config: &Config) -> anyhow::Result<tillbridge_router::RouterConfig> {
+pub fn router_config(config: &Config) -> anyhow::Result<tillbridge_ingest::route::RouterConfig> {
     let mut router = config.router.clone();
     if let Some(section) = router.as_object_mut() {
         section.remove("http");
     }
     if router.is_null() {
-        return Ok(tillbridge_router::RouterConfig::default());
+        return Ok(tillbridge_ingest::route::RouterConfig::default());
     }
     serde_json::from_value(router).context("invalid [router] section")
 }
@@ -460,8 +460,8 @@ pub fn delivery_config(config: &Config) -> anyhow::Result<Option<tillbridge_deli
 }
 
 /// The routing rules of `config`, compiled (every mistake is a start-up error).
-pub fn router_rules(config: &Config) -> anyhow::Result<tillbridge_router::Rules> {
-    Ok(tillbridge_router::Rules::compile(
+pub fn router_rules(config: &Config) -> anyhow::Result<tillbridge_ingest::route::Rules> {
+    Ok(tillbridge_ingest::route::Rules::compile(
         &config.topics,
         &router_config(config)?,
     )?)
@@ -472,7 +472,7 @@ pub fn router_rules(config: &Config) -> anyhow::Result<tillbridge_router::Rules>
 async fn follow_store_table(
     transport: &Transport,
     topics: &tillbridge_core::config::Topics,
-    table: tillbridge_router::StoreTable,
+    table: tillbridge_ingest::route::StoreTable,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let topic = topics.stores.as_str();
@@ -509,7 +509,7 @@ async fn follow_store_table(
 
 async fn table_loop<S: Source + 'static>(
     mut source: S,
-    table: tillbridge_router::StoreTable,
+    table: tillbridge_ingest::route::StoreTable,
     transport: Transport,
     dlq: String,
     stop: CancellationToken,
@@ -521,7 +521,7 @@ async fn table_loop<S: Source + 'static>(
         wait: POLL_WAIT,
     };
     async fn apply(
-        table: &tillbridge_router::StoreTable,
+        table: &tillbridge_ingest::route::StoreTable,
         batch: &[Record],
         transport: &Transport,
         dlq: &str,
@@ -676,7 +676,7 @@ pub async fn run(
     let follow_stop = shutdown.child_token();
     let mut follower = None;
     if stages.ingest {
-        let table = tillbridge_router::StoreTable::new();
+        let table = tillbridge_ingest::route::StoreTable::new();
         follower = Some(
             follow_store_table(
                 transport,
@@ -686,7 +686,7 @@ pub async fn run(
             )
             .await?,
         );
-        let router = tillbridge_router::Router::with_rules(
+        let router = tillbridge_ingest::route::Router::with_rules(
             config.topics.clone(),
             router_rules(config)?.with_store_table(table),
         );

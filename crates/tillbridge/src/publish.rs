@@ -331,7 +331,7 @@ fn check_payload(
                     .unwrap_or_default(),
                 timestamp_ms: None,
             };
-            tillbridge_router::StoreTable::new().apply(&record)?;
+            tillbridge_ingest::route::StoreTable::new().apply(&record)?;
             Ok(row.store_id)
         }
     }

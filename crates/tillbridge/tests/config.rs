@@ -15,9 +15,9 @@ fn the_example_config_loads_and_matches_the_defaults() {
     let config = Config::load(Some(&example())).unwrap();
     let fg = tillbridge::fraud_guard_config(&config).unwrap();
     assert_eq!(fg, tillbridge_fraud_guard::FraudGuardConfig::default());
-    let router: tillbridge_router::RouterConfig =
+    let router: tillbridge_ingest::route::RouterConfig =
         serde_json::from_value(config.router.clone()).unwrap();
-    assert_eq!(router, tillbridge_router::RouterConfig::default());
+    assert_eq!(router, tillbridge_ingest::route::RouterConfig::default());
     tillbridge::router_rules(&config).unwrap();
     let defaults = Config::default();
     assert_eq!(config.topics, defaults.topics);

@@ -7,8 +7,8 @@ use prost::Message;
 use tillbridge_core::config::Topics;
 use tillbridge_core::domain::{Channel, TillEvent};
 use tillbridge_core::log::Record;
+use tillbridge_ingest::route::{Router, RouterConfig, RuleError, Rules, StoreTable};
 use tillbridge_proto::pb;
-use tillbridge_router::{Router, RouterConfig, RuleError, Rules, StoreTable};
 
 fn config(json: serde_json::Value) -> RouterConfig {
     serde_json::from_value(json).unwrap()

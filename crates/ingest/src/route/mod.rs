@@ -1,4 +1,4 @@
-//! The router: where every accepted till event goes.
+//! Routing: where every accepted till event goes.
 //!
 //! - Every accepted event goes to `promo.sessions`, keyed by its session id (events without one,
 //!   such as manual overrides and till status changes, by `{store_id}/{till_id}`).
@@ -11,7 +11,7 @@
 //!   metadata and channel), and quarantine the events of stores that are not live.
 //!
 //! The HTTP destination that sends a destination's records to the promotion core is the
-//! `tillbridge-delivery` crate; this one compiles no HTTP client.
+//! `tillbridge-delivery` crate; ingest compiles no HTTP client.
 //!
 //! Output ids are UUIDv5 over the input event id, the fact kind and its index, so a replay
 //! re-sends identical records. The router is pure: what it needs to know about an earlier sale
@@ -22,15 +22,6 @@ pub mod rules;
 
 use prost::Message;
 pub use rules::{Decision, RouterConfig, RuleError, Rules, StoreTable};
-
-/// Errors of the router crate: configuration mistakes, found at start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Rule(#[from] RuleError),
-    #[error(transparent)]
-    Core(#[from] tillbridge_core::Error),
-}
 
 use serde::{Deserialize, Serialize};
 use tillbridge_core::config::Topics;
