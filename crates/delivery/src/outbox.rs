@@ -766,3 +766,69 @@ impl Drainer {
             .with_header("tillbridge-http-status", status.to_string())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! The outbox's scheduler on tokio's paused clock: per-session order, one request of a
+    //! session at a time, and a retry due exactly when its back-off ends.
+
+    use super::*;
+
+    fn entry(n: u32, session: &str) -> Entry {
+        Entry {
+            id: format!("id-{n}"),
+            session: session.to_owned(),
+            event_id: format!("ev-{n}"),
+            store_id: "S1".into(),
+            till_id: "T1".into(),
+            body: "{}".into(),
+            source_topic: "promo.sessions".into(),
+            source_partition: 0,
+            source_offset: i64::from(n),
+            enqueued_ms: 0,
+        }
+    }
+
+    /// The next job, or `None` if none is due within `within` (of paused time).
+    async fn next_within(outbox: &Outbox, within: Duration) -> Option<Job> {
+        let shutdown = CancellationToken::new();
+        tokio::time::timeout(within, outbox.next_job(&shutdown))
+            .await
+            .ok()
+            .map(|j| j.unwrap().unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_go_in_order_one_request_at_a_time_and_retries_wait_their_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("outbox"), "test", 1 << 20).unwrap();
+        outbox
+            .enqueue(vec![entry(1, "A"), entry(2, "A"), entry(3, "B")])
+            .await
+            .unwrap();
+        let a1 = next_within(&outbox, Duration::ZERO).await.unwrap();
+        let b3 = next_within(&outbox, Duration::ZERO).await.unwrap();
+        assert_eq!((a1.entry.id.as_str(), a1.attempt), ("id-1", 1));
+        assert_eq!(b3.entry.id.as_str(), "id-3");
+        // A's second request waits while its first is in flight.
+        assert!(next_within(&outbox, Duration::from_secs(60))
+            .await
+            .is_none());
+        outbox.retry_later(&a1, Duration::from_secs(5));
+        outbox.finish(&b3).unwrap();
+        // Not before the back-off ends; then the same request again, as attempt 2.
+        let start = Instant::now();
+        assert!(next_within(&outbox, Duration::from_millis(4_999))
+            .await
+            .is_none());
+        let again = next_within(&outbox, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!((again.entry.id.as_str(), again.attempt), ("id-1", 2));
+        outbox.finish(&again).unwrap();
+        let a2 = next_within(&outbox, Duration::ZERO).await.unwrap();
+        assert_eq!((a2.entry.id.as_str(), a2.attempt), ("id-2", 1));
+        outbox.finish(&a2).unwrap();
+        assert!(outbox.is_empty());
+    }
+}
