@@ -104,10 +104,7 @@ pub(crate) fn alert_id(rule: Rule, subject: &str, window_start_ms: i64, cooldown
 }
 
 pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
+    tillbridge_proto::timestamp(DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default())
 }
 
 /// An event time for evidence strings (RFC 3339, UTC).

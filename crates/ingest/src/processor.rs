@@ -414,11 +414,7 @@ impl Ingest {
 }
 
 fn now_ts() -> prost_types::Timestamp {
-    let now = chrono::Utc::now();
-    prost_types::Timestamp {
-        seconds: now.timestamp(),
-        nanos: now.timestamp_subsec_nanos() as i32,
-    }
+    tillbridge_proto::timestamp(chrono::Utc::now())
 }
 
 impl Processor for Ingest {

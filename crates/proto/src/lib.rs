@@ -176,8 +176,13 @@ pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
 pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
     }
+}
+
+/// A protobuf timestamp as a UTC time; `None` when out of range or with negative nanos.
+pub fn datetime(ts: &prost_types::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?)
 }
 
 /// The full protobuf name of a generated type, for [`to_json`].

@@ -34,15 +34,7 @@ pub(crate) fn decode_input<M: Message + Default>(
 }
 
 pub(crate) fn timestamp(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    let ts = ts?;
-    DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?)
-}
-
-pub(crate) fn pb_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
+    ts.and_then(tillbridge_proto::datetime)
 }
 
 /// A record's timestamp: when it reached Kafka.

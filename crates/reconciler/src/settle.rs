@@ -88,7 +88,7 @@ impl Reconciler {
                 points: o.points,
                 event_ids: o.event_ids.clone(),
                 retracts: Some(o.action_id.clone()),
-                decided_at: o.decided_at.map(pb_timestamp),
+                decided_at: o.decided_at.map(tillbridge_proto::timestamp),
             };
             out.push(OutRecord::new(
                 &self.topics.compensations,
@@ -122,7 +122,7 @@ impl Reconciler {
                 points: d.points,
                 event_ids: d.event_ids.clone(),
                 retracts: None,
-                decided_at: Some(pb_timestamp(d.decided_at)),
+                decided_at: Some(tillbridge_proto::timestamp(d.decided_at)),
             };
             out.push(OutRecord::new(
                 &self.topics.compensations,

@@ -46,12 +46,7 @@ pub struct Fleet {
     pub till_events: Vec<OutRecord>,
 }
 
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: 0,
-    }
-}
+use tillbridge_proto::timestamp as ts;
 
 fn day() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0)
