@@ -11,7 +11,7 @@ use tillbridge_core::domain::{Body, RejectReason, TillEvent};
 use tillbridge_core::log::{OutRecord, Record};
 use tillbridge_core::stage::Processor;
 use tillbridge_core::store::StateStore;
-use tillbridge_core::{ids, metrics, pan};
+use tillbridge_core::{metrics, pan};
 use tillbridge_proto::{pb, Rejection};
 
 use crate::dedup::{DedupIndex, Seen};
@@ -214,35 +214,29 @@ impl Ingest {
     ) -> OutRecord {
         self.stats.count_dead(rejection.reason);
         let payload = rec.payload.as_deref().unwrap_or_default();
-        let mut original = pan::redact(payload);
         let mut detail = rejection.detail.clone();
-        if rejection.reason == RejectReason::Oversized && original.len() > OVERSIZED_KEEP_BYTES {
-            original.truncate(OVERSIZED_KEEP_BYTES);
+        if rejection.reason == RejectReason::Oversized && payload.len() > OVERSIZED_KEEP_BYTES {
             detail.push_str(&format!(
                 " (original truncated to its first {OVERSIZED_KEEP_BYTES} bytes)"
             ));
         }
-        let source = format!("{}/{}/{}", rec.topic, rec.partition, rec.offset);
         tracing::info!(
             topic = %rec.topic, partition = rec.partition, offset = rec.offset,
             reason = rejection.reason.code(), detail = %detail, "dead-lettered"
         );
-        let dl = pb::DeadLetter {
-            id: ids::derive(&source, "dead_letter", 0).to_string(),
-            reason: rejection.reason.code().to_owned(),
-            detail,
-            source_topic: rec.topic.clone(),
-            source_partition: rec.partition,
-            source_offset: rec.offset,
-            original,
-            event_id,
-            rejected_at: Some(now_ts()),
+        let keep = if rejection.reason == RejectReason::Oversized {
+            OVERSIZED_KEEP_BYTES
+        } else {
+            usize::MAX
         };
-        let key = pan::redact(rec.key.as_deref().unwrap_or_default());
-        OutRecord::new(&self.topics.dlq, key, dl.encode_to_vec())
-            .with_header("content-type", crate::route::CONTENT_TYPE_PROTOBUF)
-            .with_header("tillbridge-reason", rejection.reason.code())
-            .with_timestamp(rec.timestamp_ms)
+        tillbridge_core::log::dead_letter_of(
+            rec,
+            &self.topics.dlq,
+            rejection.reason.code(),
+            detail,
+            event_id,
+            keep,
+        )
     }
 
     fn session(&mut self, id: &str) -> Result<SessionEntry, Error> {
@@ -411,10 +405,6 @@ impl Ingest {
         }
         Ok(out)
     }
-}
-
-fn now_ts() -> prost_types::Timestamp {
-    tillbridge_proto::timestamp(chrono::Utc::now())
 }
 
 impl Processor for Ingest {

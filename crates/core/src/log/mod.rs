@@ -146,22 +146,36 @@ pub trait Sink: Send + Sync {
     fn send(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// The dead letter of a record a stage read that breaks the contract (a store row, a destination
-/// record): its original bytes and key redacted of card numbers, its id derived from the record's
-/// position, so a replay writes the same dead letter.
+/// The dead letter of a record a stage read that breaks the contract (a till event, a store row,
+/// a destination record): its original bytes and key redacted of card numbers, its id derived
+/// from the record's position, so a replay writes the same dead letter.
 pub fn dead_letter(rec: &Record, dlq: &str, reason: &str, detail: &str) -> OutRecord {
+    dead_letter_of(rec, dlq, reason, detail.to_owned(), None, usize::MAX)
+}
+
+/// [`dead_letter`] naming the event it held, with at most `keep_bytes` of the original.
+pub fn dead_letter_of(
+    rec: &Record,
+    dlq: &str,
+    reason: &str,
+    detail: String,
+    event_id: Option<String>,
+    keep_bytes: usize,
+) -> OutRecord {
     use prost::Message;
     use tillbridge_proto::pb;
     let source = format!("{}/{}/{}", rec.topic, rec.partition, rec.offset);
+    let mut original = crate::pan::redact(rec.payload.as_deref().unwrap_or_default());
+    original.truncate(keep_bytes);
     let dl = pb::DeadLetter {
         id: crate::ids::derive(&source, "dead_letter", 0).to_string(),
         reason: reason.to_owned(),
-        detail: detail.to_owned(),
+        detail,
         source_topic: rec.topic.clone(),
         source_partition: rec.partition,
         source_offset: rec.offset,
-        original: crate::pan::redact(rec.payload.as_deref().unwrap_or_default()),
-        event_id: None,
+        original,
+        event_id,
         rejected_at: Some(tillbridge_proto::timestamp(chrono::Utc::now())),
     };
     OutRecord::new(
