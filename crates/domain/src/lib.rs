@@ -321,3 +321,9 @@ impl std::fmt::Display for RejectReason {
         f.write_str(self.code())
     }
 }
+
+/// Whether a return refunds the whole sale: then the sale's coupons are released (routing emits
+/// `RELEASED` facts, fraud-guard keeps nothing to judge). One rule for both.
+pub fn is_full_return(refund_minor: i64, sale_total_minor: i64) -> bool {
+    refund_minor >= sale_total_minor
+}

@@ -865,8 +865,8 @@ impl Engine {
             }
             return None;
         };
-        if ret.refund_minor >= sale.total_minor {
-            // A full return releases the coupons (as the router decides): nothing kept.
+        if tillbridge_core::domain::is_full_return(ret.refund_minor, sale.total_minor) {
+            // A full return releases the coupons (as routing decides, by the same rule): nothing kept.
             self.state.sales.remove(original);
             self.dirty.touch(TAG_SALE, original.as_bytes());
             return None;

@@ -189,7 +189,7 @@ impl Router {
             }
             Body::Return(r) => {
                 if let Some(orig) = original {
-                    if r.refund_minor >= orig.total_minor {
+                    if tillbridge_core::domain::is_full_return(r.refund_minor, orig.total_minor) {
                         out.extend(self.releases(ev, orig, record_ts));
                     }
                     if let Some(profile) = ev.profile_id.as_ref().or(orig.profile_id.as_ref()) {
