@@ -467,114 +467,73 @@ pub fn router_rules(config: &Config) -> anyhow::Result<tillbridge_ingest::route:
     )?)
 }
 
-/// Reads the stores topic into `table` up to its end, then follows it in a task until `stop`.
-/// A row that breaks the contract is dead-lettered and changes nothing.
+/// Reads the stores topic into `table` up to its end (before ingest routes anything), then
+/// follows it in a task until `stop`, both as a stage ([`tillbridge_ingest::route::StoreFollower`]):
+/// a row that breaks the contract is dead-lettered and changes nothing. Every instance reads every
+/// partition of the topic (no consumer group): each needs the whole table.
 async fn follow_store_table(
     transport: &Transport,
     topics: &tillbridge_core::config::Topics,
     table: tillbridge_ingest::route::StoreTable,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let topic = topics.stores.as_str();
-    let dlq = topics.dlq.clone();
-    match transport {
-        Transport::Embedded(log) => {
-            let source = log.source_from("router.stores", &[topic], true)?;
-            table_loop(source, table, transport.clone(), dlq, stop, |s, _| {
-                s.lag() == Some(0)
-            })
-            .await
-        }
-        Transport::Kafka(k) => {
-            let (source, ends) = k.table_source(topic)?;
-            let mut seen: std::collections::BTreeMap<i32, i64> = Default::default();
-            table_loop(
-                source,
-                table,
-                transport.clone(),
-                dlq,
-                stop,
-                move |_, batch| {
-                    for r in batch {
-                        seen.insert(r.partition, r.offset + 1);
-                    }
-                    ends.iter()
-                        .all(|(p, high)| seen.get(p).copied().unwrap_or(0) >= *high)
-                },
-            )
-            .await
-        }
-    }
-}
-
-async fn table_loop<S: Source + 'static>(
-    mut source: S,
-    table: tillbridge_ingest::route::StoreTable,
-    transport: Transport,
-    dlq: String,
-    stop: CancellationToken,
-    mut caught_up: impl FnMut(&S, &[Record]) -> bool + Send + 'static,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    const NAME: &str = "stores";
     let limits = BatchLimits {
         max_records: 1000,
         max_bytes: 1 << 20,
         wait: POLL_WAIT,
     };
-    async fn apply(
-        table: &tillbridge_ingest::route::StoreTable,
-        batch: &[Record],
-        transport: &Transport,
-        dlq: &str,
-    ) {
-        let mut dead = Vec::new();
-        for r in batch {
-            if let Err(rej) = table.apply(r) {
-                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
-                    reason = rej.reason.code(), detail = %rej.detail, "store row refused");
-                tillbridge_core::metrics::DEAD_LETTERS
-                    .with_label_values(&[rej.reason.code()])
-                    .inc();
-                dead.push(tillbridge_core::log::dead_letter(
-                    r,
-                    dlq,
-                    rej.reason.code(),
-                    &rej.detail,
-                ));
-            }
-        }
-        if !dead.is_empty() {
-            if let Err(e) = transport.append(dead).await {
-                tracing::warn!(error = %e, "dead letters of store rows not written");
-            }
-        }
-    }
-    loop {
-        if stop.is_cancelled() {
-            break;
-        }
-        let batch = source.next_batch(limits).await?;
-        apply(&table, &batch, &transport, &dlq).await;
-        if caught_up(&source, &batch) {
-            break;
-        }
-    }
-    tracing::info!(stores = table.len(), "store table loaded");
+    let topic = topics.stores.clone();
+    let mut follower = tillbridge_ingest::route::StoreFollower::new(table, &topics.dlq);
+    preload(
+        NAME,
+        transport,
+        std::slice::from_ref(&topic),
+        &mut follower,
+        limits,
+        stop.clone(),
+    )
+    .await?;
+    tracing::info!(stores = follower.table().len(), "store table loaded");
+    let transport = transport.clone();
     Ok(tokio::spawn(async move {
-        loop {
-            let batch = tokio::select! {
-                _ = stop.cancelled() => break,
-                b = source.next_batch(limits) => b,
-            };
-            match batch {
-                Ok(batch) => apply(&table, &batch, &transport, &dlq).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the stores topic failed; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(POLL_WAIT) => {}
-                    }
+        let followed: anyhow::Result<StageStats> = async {
+            match &transport {
+                Transport::Embedded(log) => {
+                    let mut source = log.source_from("router.stores", &[topic.as_str()], true)?;
+                    let sink = log.sink();
+                    Ok(stage::run(
+                        NAME,
+                        &mut source,
+                        &sink,
+                        &mut follower,
+                        limits,
+                        Until::Shutdown,
+                        stop,
+                    )
+                    .await?)
+                }
+                Transport::Kafka(k) => {
+                    let (mut source, _) = k.table_source(&topic)?;
+                    let sink = k.sink()?;
+                    let r = stage::run(
+                        NAME,
+                        &mut source,
+                        &sink,
+                        &mut follower,
+                        limits,
+                        Until::Shutdown,
+                        stop,
+                    )
+                    .await;
+                    sink.flush()?;
+                    Ok(r?)
                 }
             }
+        }
+        .await;
+        if let Err(e) = followed {
+            tracing::error!(error = %e, "the store table stopped following its topic");
         }
     }))
 }

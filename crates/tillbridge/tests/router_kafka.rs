@@ -176,7 +176,9 @@ async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
         .iter()
         .map(|g| pb::DeadLetter::decode(g.payload.as_slice()).unwrap())
         .collect();
-    assert!(!dead.is_empty());
+    // One dead letter for the one bad row: the follower re-reads the topic after loading it,
+    // and skips what it applied.
+    assert_eq!(dead.len(), 1, "{dead:?}");
     for d in &dead {
         assert_eq!(d.reason, "INVALID_FIELD");
         assert_eq!(d.source_topic, config.topics.stores);

@@ -18,7 +18,10 @@
 //! (its coupons, profile and total) is passed in as a [`SessionInfo`] by the stage that keeps the
 //! session index.
 
+mod follower;
 pub mod rules;
+
+pub use follower::StoreFollower;
 
 use prost::Message;
 pub use rules::{Decision, RouterConfig, RuleError, Rules, StoreTable};
