@@ -32,6 +32,16 @@ pub(crate) fn open_sled(path: &Path) -> std::result::Result<sled::Db, sled::Erro
     }
 }
 
+/// Opens an existing store as it is, for a reader such as a report: waits for a closing
+/// handle's lock like [`StateStore::open`], but never moves a damaged store aside (a reader must
+/// not change what it reads); sled panicking on a damaged file is an error, not a crash.
+pub fn open_unchanged(path: &Path) -> std::result::Result<sled::Db, String> {
+    match std::panic::catch_unwind(|| open_sled(path)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("sled panicked while opening the store".into()),
+    }
+}
+
 /// Creates `path` (and its parents) and makes it readable by its owner only (0700), also when
 /// it existed with wider permissions.
 pub fn private_dir(path: &Path) -> std::io::Result<()> {

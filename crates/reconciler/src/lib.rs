@@ -153,15 +153,8 @@ impl Reconciler {
         let horizon = chrono::Duration::from_std(cfg.settlement_horizon).map_err(|_| {
             tillbridge_core::Error::Config("reconciler.settlement_horizon is too large".into())
         })?;
-        if state_dir.exists() {
-            // `StateStore::open` takes a store it cannot open for a damaged one and moves it
-            // aside; a lock still held by a handle that is closing must not trigger that. A
-            // probe that opens and drops the store here releases the lock synchronously.
-            match open_when_released(state_dir) {
-                Ok(probe) => drop(probe),
-                Err(e) => tracing::debug!(error = %e, "probe open failed; the state store decides"),
-            }
-        }
+        // `StateStore::open` waits for a closing handle's lock, and never takes a held lock for
+        // damage.
         let store = StateStore::open(state_dir, FORMAT)?;
         Ok(Reconciler {
             store,

@@ -20,36 +20,6 @@ pub(crate) fn encode_json<T: Serialize>(what: &'static str, v: &T) -> Result<Vec
     })
 }
 
-/// How long opening waits for the lock of a just-closed state: a dropped sled handle can live on
-/// for a moment in sled's background threads, holding the file lock.
-pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-pub(crate) const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
-
-pub(crate) fn is_lock_error(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
-}
-
-/// Opens sled at `state_dir`, waiting up to [`LOCK_WAIT`] while another handle holds its lock.
-pub(crate) fn open_when_released(state_dir: &Path) -> Result<sled::Db, Error> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        // sled 0.34 can panic on some damaged files; that must be an error, not a crash.
-        let opened =
-            std::panic::catch_unwind(|| sled::open(state_dir)).map_err(|_| Error::Corrupt {
-                what: "state store",
-                detail: "sled panicked while opening the store".into(),
-            })?;
-        match opened {
-            Ok(db) => return Ok(db),
-            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
-                tracing::debug!("state store still locked by a closing handle, waiting");
-                std::thread::sleep(LOCK_RETRY);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// Reads the reconciler's state in `state_dir` and builds the report. Call it while no
 /// [`Reconciler`] has the state open (sled takes an exclusive lock).
 pub fn report(state_dir: &Path, cfg: &ReconcilerConfig) -> Result<Report, Error> {
@@ -58,7 +28,11 @@ pub fn report(state_dir: &Path, cfg: &ReconcilerConfig) -> Result<Report, Error>
     }
     // Opened directly rather than through `StateStore::open`, which would move a store of another
     // layout aside: a report must never change the state it reads.
-    let db = open_when_released(state_dir)?;
+    let db =
+        tillbridge_core::store::open_unchanged(state_dir).map_err(|detail| Error::Corrupt {
+            what: "state store",
+            detail,
+        })?;
     match db.get(FORMAT_KEY)? {
         Some(v) if v.as_ref() == FORMAT.as_bytes() => {}
         _ => {
