@@ -17,20 +17,15 @@ impl Malformed {
     }
 }
 
-/// Decodes an input message, protobuf or proto3 JSON by the contract's encoding rule. The error
-/// never quotes the payload: JSON errors can echo values, and values can be coupon codes.
-pub(crate) fn decode_input<M: Message + Default>(
-    name: &str,
+/// Decodes an input message by the contract's encoding rule (`tillbridge_proto::decode_message`,
+/// the same decoder ingest uses). The reason never quotes the payload or the decoder's message:
+/// those can echo values, and values can be coupon codes.
+pub(crate) fn decode_input<M: Message + Default + tillbridge_proto::ReflectMessageName>(
     r: &Record,
     payload: &[u8],
 ) -> Result<M, Malformed> {
-    match tillbridge_proto::detect_encoding(payload, r.header("content-type")) {
-        tillbridge_proto::Encoding::Json => tillbridge_proto::from_json::<M>(name, payload)
-            .map_err(|e| Malformed::new(format!("invalid JSON {name} ({})", e.reason))),
-        tillbridge_proto::Encoding::Protobuf => {
-            M::decode(payload).map_err(|e| Malformed::new(format!("invalid protobuf {name}: {e}")))
-        }
-    }
+    tillbridge_proto::decode_message(payload, r.header("content-type"))
+        .map_err(|e| Malformed::new(format!("undecodable {} ({})", M::FULL_NAME, e.reason)))
 }
 
 pub(crate) fn timestamp(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
@@ -67,11 +62,10 @@ impl Reconciler {
             let Some(payload) = &r.payload else {
                 return Ok(Err(Malformed::new("redemption fact without payload")));
             };
-            let f: pb::RedemptionFact =
-                match decode_input("tillbridge.v1.RedemptionFact", r, payload) {
-                    Ok(f) => f,
-                    Err(e) => return Ok(Err(e)),
-                };
+            let f: pb::RedemptionFact = match decode_input(r, payload) {
+                Ok(f) => f,
+                Err(e) => return Ok(Err(e)),
+            };
             let code = if f.code.is_empty() {
                 key
             } else {
@@ -147,7 +141,7 @@ impl Reconciler {
             let Some(payload) = &r.payload else {
                 return Ok(Err(Malformed::new("loyalty fact without payload")));
             };
-            let f: pb::LoyaltyFact = match decode_input("tillbridge.v1.LoyaltyFact", r, payload) {
+            let f: pb::LoyaltyFact = match decode_input(r, payload) {
                 Ok(f) => f,
                 Err(e) => return Ok(Err(e)),
             };
@@ -208,11 +202,10 @@ impl Reconciler {
             let definition = match &r.payload {
                 None => None,
                 Some(p) => {
-                    let d: pb::CouponDefinition =
-                        match decode_input("tillbridge.v1.CouponDefinition", r, p) {
-                            Ok(d) => d,
-                            Err(e) => return Ok(Err(e)),
-                        };
+                    let d: pb::CouponDefinition = match decode_input(r, p) {
+                        Ok(d) => d,
+                        Err(e) => return Ok(Err(e)),
+                    };
                     match tillbridge_proto::coupon_definition(&d) {
                         Ok(d) => Some(d),
                         Err(e) => {
@@ -242,11 +235,10 @@ impl Reconciler {
             let Some(payload) = &r.payload else {
                 return Ok(Ok(()));
             };
-            let b: pb::LoyaltyBalance =
-                match decode_input("tillbridge.v1.LoyaltyBalance", r, payload) {
-                    Ok(b) => b,
-                    Err(e) => return Ok(Err(e)),
-                };
+            let b: pb::LoyaltyBalance = match decode_input(r, payload) {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(e)),
+            };
             let b = match tillbridge_proto::loyalty_balance(&b) {
                 Ok(b) => b,
                 Err(e) => {

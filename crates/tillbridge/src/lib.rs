@@ -467,6 +467,26 @@ pub fn router_rules(config: &Config) -> anyhow::Result<tillbridge_ingest::route:
     )?)
 }
 
+/// The store follower's stage loop over `source`, until `stop`.
+async fn follow<S: Source, K: Sink>(
+    mut source: S,
+    sink: &K,
+    follower: &mut tillbridge_ingest::route::StoreFollower,
+    limits: BatchLimits,
+    stop: CancellationToken,
+) -> Result<StageStats, tillbridge_ingest::Error> {
+    stage::run(
+        "stores",
+        &mut source,
+        sink,
+        follower,
+        limits,
+        Until::Shutdown,
+        stop,
+    )
+    .await
+}
+
 /// Reads the stores topic into `table` up to its end (before ingest routes anything), then
 /// follows it in a task until `stop`, both as a stage ([`tillbridge_ingest::route::StoreFollower`]):
 /// a row that breaks the contract is dead-lettered and changes nothing. Every instance reads every
@@ -477,7 +497,6 @@ async fn follow_store_table(
     table: tillbridge_ingest::route::StoreTable,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    const NAME: &str = "stores";
     let limits = BatchLimits {
         max_records: 1000,
         max_bytes: 1 << 20,
@@ -486,7 +505,7 @@ async fn follow_store_table(
     let topic = topics.stores.clone();
     let mut follower = tillbridge_ingest::route::StoreFollower::new(table, &topics.dlq);
     preload(
-        NAME,
+        "stores",
         transport,
         std::slice::from_ref(&topic),
         &mut follower,
@@ -500,29 +519,16 @@ async fn follow_store_table(
         let followed: anyhow::Result<StageStats> = async {
             match &transport {
                 Transport::Embedded(log) => {
-                    let mut source = log.source_from("router.stores", &[topic.as_str()], true)?;
-                    let sink = log.sink();
-                    Ok(stage::run(
-                        NAME,
-                        &mut source,
-                        &sink,
-                        &mut follower,
-                        limits,
-                        Until::Shutdown,
-                        stop,
-                    )
-                    .await?)
+                    let source = log.source_from("router.stores", &[topic.as_str()], true)?;
+                    Ok(follow(source, &log.sink(), &mut follower, limits, stop).await?)
                 }
                 Transport::Kafka(k) => {
-                    let (mut source, _) = k.table_source(&topic)?;
                     let sink = k.sink()?;
-                    let r = stage::run(
-                        NAME,
-                        &mut source,
+                    let r = follow(
+                        k.table_source(&topic)?.0,
                         &sink,
                         &mut follower,
                         limits,
-                        Until::Shutdown,
                         stop,
                     )
                     .await;
