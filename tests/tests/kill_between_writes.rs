@@ -9,13 +9,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 
-use common::same_answers::{
-    backlog, config, finish_and_compare, in_sync_order, records, spawn_run,
-};
+use kit::same_answers::{backlog, config, finish_and_compare, in_sync_order, records, spawn_run};
 
 /// (stage, point, which hit aborts): the points of `tillbridge_core::crash`, at the first and
 /// later batches of the second run (the second half makes a dozen batches of 25 per stage).

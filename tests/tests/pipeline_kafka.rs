@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
@@ -41,7 +39,7 @@ fn alert_subjects(records: &[Vec<u8>]) -> BTreeMap<i32, BTreeSet<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() {
-    let Some(broker) = common::broker() else {
+    let Some(broker) = kit::broker() else {
         return;
     };
     const SEED: u64 = 3;
@@ -68,7 +66,7 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
 
     // The same fleet through Kafka.
     let state = tempfile::tempdir().unwrap();
-    let mut config = common::config(&broker, state.path()).await;
+    let mut config = kit::config(&broker, state.path()).await;
     config.reconciler.report_key = format!("demo-key-{SEED}");
     let fleet = tillbridge::sim::fleet(
         SEED,
@@ -76,22 +74,22 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
         &config.topics.coupons,
         &config.topics.loyalty_balances,
     );
-    common::produce_records(&broker, fleet.coupons).await;
-    common::produce_records(&broker, fleet.balances).await;
+    kit::produce_records(&broker, fleet.coupons).await;
+    kit::produce_records(&broker, fleet.balances).await;
     // A client cannot produce the planted 1.1 MB event past the broker's message size limit;
     // the embedded run dead-letters it as OVERSIZED, which is not compared here.
     let mut events = fleet.till_events;
     events.retain(|r| r.payload.as_ref().is_none_or(|p| p.len() < 1_000_000));
-    common::produce_records(&broker, events).await;
+    kit::produce_records(&broker, events).await;
 
     let (b, topics) = (broker.clone(), config.topics.clone());
     let want = (want_outstanding.clone(), want_alerts.clone());
-    common::run_until(&config, Stages::ALL, move || {
-        let comps: Vec<Vec<u8>> = common::read_all(&b, &topics.compensations)
+    kit::run_until(&config, Stages::ALL, move || {
+        let comps: Vec<Vec<u8>> = kit::read_all(&b, &topics.compensations)
             .into_iter()
             .map(|g| g.payload)
             .collect();
-        let alerts: Vec<Vec<u8>> = common::read_all(&b, &topics.alerts)
+        let alerts: Vec<Vec<u8>> = kit::read_all(&b, &topics.alerts)
             .into_iter()
             .map(|g| g.payload)
             .collect();
@@ -108,7 +106,7 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
     })
     .await;
     // Each planted pattern yields exactly its alert subject on Kafka too.
-    let alerts: Vec<Vec<u8>> = common::read_all(&broker, &config.topics.alerts)
+    let alerts: Vec<Vec<u8>> = kit::read_all(&broker, &config.topics.alerts)
         .into_iter()
         .map(|g| g.payload)
         .collect();
@@ -147,7 +145,7 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
 
     // Wipe the reconciler's state and run it again in the same consumer group, whose offsets
     // are at the end: the new state makes the stage replay its topics from the beginning.
-    let compensations_before = common::read_all(&broker, &config.topics.compensations).len();
+    let compensations_before = kit::read_all(&broker, &config.topics.compensations).len();
     std::fs::remove_dir_all(state.path().join("reconciler")).unwrap();
     let replay = config.clone();
     let reconciler_only = Stages {
@@ -155,7 +153,7 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
         ..Default::default()
     };
     let group = format!("{}.reconciler", replay.kafka.as_ref().unwrap().group_prefix);
-    let ends = common::ends(
+    let ends = kit::ends(
         &broker,
         &tillbridge_reconciler::input_topics(&replay.topics),
     );
@@ -163,15 +161,15 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
     // The new state is restored before the stage's loop: the replay is done once the stage
     // (in this process) has read every input record again, its restore has finished and the
     // group's offsets are at the ends.
-    let consumed = || common::records_read("reconciler");
-    let restores = || common::restores("reconciler");
+    let consumed = || kit::records_read("reconciler");
+    let restores = || kit::restores("reconciler");
     let (before, restores_before) = (consumed(), restores());
     let total: u64 = ends.values().map(|e| *e as u64).sum();
-    common::run_until(&replay, reconciler_only, move || {
+    kit::run_until(&replay, reconciler_only, move || {
         let replayed = consumed() - before;
         if replayed >= total
             && restores() > restores_before
-            && common::group_caught_up(&b, &group, &ends)
+            && kit::group_caught_up(&b, &group, &ends)
         {
             Ok(())
         } else {
@@ -189,7 +187,7 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
     );
     // The rebuilt stage learned what it had emitted: the same outstanding compensations, and
     // nothing emitted again.
-    let comps: Vec<Vec<u8>> = common::read_all(&broker, &config.topics.compensations)
+    let comps: Vec<Vec<u8>> = kit::read_all(&broker, &config.topics.compensations)
         .into_iter()
         .map(|g| g.payload)
         .collect();

@@ -4,10 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -19,7 +17,7 @@ use tillbridge_proto::pb;
 use tokio_util::sync::CancellationToken;
 
 fn ids_on(broker: &str, topic: &str) -> (Vec<String>, BTreeMap<String, BTreeSet<Vec<u8>>>) {
-    let got = common::read_all(broker, topic);
+    let got = kit::read_all(broker, topic);
     let mut ids = Vec::new();
     let mut payloads: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
     for g in got {
@@ -35,13 +33,13 @@ fn ids_on(broker: &str, topic: &str) -> (Vec<String>, BTreeMap<String, BTreeSet<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() {
-    let Some(broker) = common::broker() else {
+    let Some(broker) = kit::broker() else {
         return;
     };
     let state = tempfile::tempdir().unwrap();
-    let config = common::config(&broker, state.path()).await;
+    let config = kit::config(&broker, state.path()).await;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(20_000);
-    let (good, events) = common::good_events(17_000, 40, 1);
+    let (good, events) = kit::events::good_events(17_000, 40, 1);
     let mut tail = Vec::new();
     // 10% resent duplicates (2,000), some in the other encoding.
     for _ in 0..2000 {
@@ -59,7 +57,7 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
         let mut e = events[i].clone();
         e.till_seq += 1_000_000;
         conflict_ids.insert(e.event_id.clone());
-        tail.push(common::Sent {
+        tail.push(kit::events::Sent {
             key: good[i].key.clone(),
             payload: tillbridge_proto::to_json(&e).into_bytes(),
             content_type: Some("application/json"),
@@ -84,7 +82,7 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
                 e.encode_to_vec()
             }
         };
-        bad.push(common::Sent {
+        bad.push(kit::events::Sent {
             key: good[i].key.clone(),
             payload,
             content_type: None,
@@ -94,7 +92,7 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
         let mut e = events[i].clone();
         e.event_id = uuid::Uuid::new_v4().to_string();
         e.cashier_id = Some(format!("4000 0566 5566 555{}", [6, 6, 6, 6, 6][i]));
-        bad.push(common::Sent {
+        bad.push(kit::events::Sent {
             key: good[i].key.clone(),
             payload: tillbridge_proto::to_json(&e).into_bytes(),
             content_type: Some("application/json"),
@@ -108,9 +106,9 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
     }
     all.extend(tail);
     assert_eq!(all.len(), 17_000 + 2000 + 200 + 405);
-    let producer = common::producer(&broker);
+    let producer = kit::producer(&broker);
     let t = Instant::now();
-    common::produce_sent(&producer, &config.topics.till_events, &all).await;
+    kit::produce_sent(&producer, &config.topics.till_events, &all).await;
     println!("produced {} records in {:?}", all.len(), t.elapsed());
 
     let shutdown = CancellationToken::new();
@@ -132,8 +130,8 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
     );
     let started = Instant::now();
     tokio::task::spawn_blocking(move || {
-        common::Tail::new(&b, &sessions).until(Duration::from_secs(300), |g| g.len() >= 17_000);
-        common::Tail::new(&b, &dlq).until(Duration::from_secs(60), |g| g.len() >= 605);
+        kit::Tail::new(&b, &sessions).until(Duration::from_secs(300), |g| g.len() >= 17_000);
+        kit::Tail::new(&b, &dlq).until(Duration::from_secs(60), |g| g.len() >= 605);
     })
     .await
     .unwrap();
@@ -157,7 +155,7 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
     assert_eq!(distinct, want);
 
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    for g in common::read_all(&broker, &config.topics.dlq) {
+    for g in kit::read_all(&broker, &config.topics.dlq) {
         let dl = pb::DeadLetter::decode(g.payload.as_slice()).unwrap();
         *reasons.entry(dl.reason.clone()).or_default() += 1;
         if dl.reason == "DUPLICATE_CONFLICT" {
@@ -176,7 +174,7 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
         .into_iter()
         .filter(|t| *t != config.topics.till_events)
     {
-        for g in common::read_all(&broker, topic) {
+        for g in kit::read_all(&broker, topic) {
             assert!(
                 !String::from_utf8_lossy(&g.payload).contains("4000 0566"),
                 "card digits on {topic}"
@@ -185,90 +183,48 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
     }
 }
 
-/// Environment for a child `tillbridge` process with `config`.
-fn child_env(config: &Config, broker: &str) -> Vec<(String, String)> {
-    let k = config.kafka.as_ref().unwrap();
-    let t = &config.topics;
-    vec![
-        ("TILLBRIDGE_KAFKA__BOOTSTRAP_SERVERS".into(), broker.into()),
-        (
-            "TILLBRIDGE_RECONCILER__REPORT_KEY".into(),
-            "ingest-guarantees-key".into(),
-        ),
-        (
-            "TILLBRIDGE_KAFKA__GROUP_PREFIX".into(),
-            k.group_prefix.clone(),
-        ),
-        ("TILLBRIDGE_KAFKA__FETCH_WAIT_MAX_MS".into(), "10".into()),
-        ("TILLBRIDGE_KAFKA__INSTANCE_ID".into(), "crash-test".into()),
-        (
-            "TILLBRIDGE_TOPICS__TILL_EVENTS".into(),
-            t.till_events.clone(),
-        ),
-        ("TILLBRIDGE_TOPICS__SESSIONS".into(), t.sessions.clone()),
-        (
-            "TILLBRIDGE_TOPICS__REDEMPTIONS".into(),
-            t.redemptions.clone(),
-        ),
-        ("TILLBRIDGE_TOPICS__LOYALTY".into(), t.loyalty.clone()),
-        ("TILLBRIDGE_TOPICS__DLQ".into(), t.dlq.clone()),
-        (
-            "TILLBRIDGE_STATE__DIR".into(),
-            config.state.dir.display().to_string(),
-        ),
-        (
-            "TILLBRIDGE_LOG".into(),
-            "info,tillbridge_core=debug,tillbridge_ingest=warn".into(),
-        ),
-    ]
-}
-
-fn log_tail(path: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn spawn_ingest(env: &[(String, String)], log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tillbridge"))
-        .args(["run", "--stages", "ingest"])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn tillbridge")
+/// The child process: ingest alone over `config`, short fetch waits, static membership.
+fn spawn_ingest(config: &Config, log: &std::path::Path) -> Child {
+    kit::process::spawn_logged(
+        kit::process::with_config(config)
+            .args(["run", "--stages", "ingest"])
+            .env(
+                "TILLBRIDGE_LOG",
+                "info,tillbridge_core=debug,tillbridge_ingest=warn",
+            ),
+        log,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_event_is_lost_across_sigkills() {
-    let Some(broker) = common::broker() else {
+    let Some(broker) = kit::broker() else {
         return;
     };
     let state = tempfile::tempdir().unwrap();
-    let config = common::config(&broker, state.path()).await;
+    let config = kit::config(&broker, state.path()).await;
     // The issue asks for 100,000; CRASH_TEST_EVENTS can shrink it while debugging.
     let n: usize = std::env::var("CRASH_TEST_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let (sent, events) = common::good_events(n, 64, 2);
-    let producer = common::producer(&broker);
-    common::produce_sent(&producer, &config.topics.till_events, &sent).await;
-    let env = child_env(&config, &broker);
+    let (sent, events) = kit::events::good_events(n, 64, 2);
+    let producer = kit::producer(&broker);
+    kit::produce_sent(&producer, &config.topics.till_events, &sent).await;
+    let mut child_config = config.clone();
+    child_config.reconciler.report_key = "ingest-guarantees-key".into();
+    let kafka = child_config.kafka.as_mut().unwrap();
+    kafka.fetch_wait_max_ms = 10;
+    kafka.instance_id = Some("crash-test".into());
     let log = state.path().join("child.log");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
     let b = broker.clone();
     let sessions = config.topics.sessions.clone();
     let kills = tokio::task::spawn_blocking(move || {
-        let mut tail = common::Tail::new(&b, &sessions);
+        let mut tail = kit::Tail::new(&b, &sessions);
         let mut ids: BTreeSet<String> = BTreeSet::new();
         let mut seen = 0;
-        let absorb = |tail: &common::Tail, ids: &mut BTreeSet<String>, seen: &mut usize| {
+        let absorb = |tail: &kit::Tail, ids: &mut BTreeSet<String>, seen: &mut usize| {
             for g in &tail.got[*seen..] {
                 ids.insert(
                     pb::TillEvent::decode(g.payload.as_slice())
@@ -280,7 +236,7 @@ async fn no_event_is_lost_across_sigkills() {
         };
         let mut kills = 0;
         while kills < 5 {
-            let mut child = spawn_ingest(&env, &log);
+            let mut child = spawn_ingest(&child_config, &log);
             // Kill it once it has made a random amount of progress (1% to 12% of the input).
             let step = rng.gen_range(n / 100..n / 8);
             let target = (ids.len() + step).min(n - 1);
@@ -296,7 +252,7 @@ async fn no_event_is_lost_across_sigkills() {
                 assert!(
                     start.elapsed() < Duration::from_secs(180),
                     "no progress; child log:\n{}",
-                    log_tail(&log)
+                    kit::process::log_tail(&log)
                 );
             }
             child.kill().unwrap(); // SIGKILL
@@ -309,7 +265,7 @@ async fn no_event_is_lost_across_sigkills() {
             );
         }
         // A last run to the end.
-        let mut child = spawn_ingest(&env, &log);
+        let mut child = spawn_ingest(&child_config, &log);
         let start = Instant::now();
         while ids.len() < n {
             tail.poll_for(Duration::from_millis(100));
@@ -322,7 +278,7 @@ async fn no_event_is_lost_across_sigkills() {
             assert!(
                 start.elapsed() < Duration::from_secs(300),
                 "did not finish; child log:\n{}",
-                log_tail(&log)
+                kit::process::log_tail(&log)
             );
         }
         println!(

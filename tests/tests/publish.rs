@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use base64::Engine as _;
+use kit::events::Sale;
 use prost::Message;
 use tillbridge::publish::publish;
 use tillbridge::Transport;
@@ -13,11 +14,19 @@ use tillbridge_core::domain::RejectReason;
 use tillbridge_core::log::{EmbeddedLog, Record};
 use tillbridge_proto::pb;
 
-const SALE: &str = r#"{"eventId":"0b6f2a59-3f8e-4f54-8a57-7b2f0f7c1c11","storeId":"S1","tillId":"T1","tillSeq":"12","occurredAt":"2026-11-02T10:15:00Z","sessionId":"R-1","currency":"EUR","sale":{"lines":[{"sku":"A","quantity":2,"unitPriceMinor":"1000"}],"totalMinor":2000}}"#;
+/// A sale with `id`: till S1/T1, receipt 12.
+fn sale(id: &str) -> Sale {
+    Sale::new(id, "S1", "T1", 12)
+        .session("R-1")
+        .line("A", 2, 1000)
+        .total(2000)
+}
 
 fn sale_with_id(id: &str) -> String {
-    SALE.replace("0b6f2a59-3f8e-4f54-8a57-7b2f0f7c1c11", id)
+    sale(id).json()
 }
+
+const SALE_ID: &str = "0b6f2a59-3f8e-4f54-8a57-7b2f0f7c1c11";
 
 fn envelope(topic: &str, key: Option<&str>, ts: i64, payload: serde_json::Value) -> String {
     serde_json::json!({
@@ -68,7 +77,7 @@ async fn every_contract_topic_from_bare_lines_and_envelopes_each_line_on_its_own
         input.push(b'\n');
     };
     // 1: a bare till event.
-    line(SALE);
+    line(&sale_with_id(SALE_ID));
     // 2: a till event in an envelope, its record time kept.
     line(&envelope(
         "till.events",
@@ -114,7 +123,7 @@ async fn every_contract_topic_from_bare_lines_and_envelopes_each_line_on_its_own
         input.extend_from_slice(s.as_bytes());
         input.push(b'\n');
     };
-    line(&SALE.replace("\"quantity\":2", "\"quantity\":0"));
+    line(&sale(SALE_ID).line("A", 0, 1000).total(2000).json());
     // 9: an envelope with a typo.
     line(r#"{"topic":"till.events","kee":"S1/T1","payload":"{}"}"#);
     // 10: a till event tombstone.
@@ -207,9 +216,12 @@ async fn a_captured_topic_replays_on_the_embedded_log_exactly() {
         let mut r = tillbridge_core::log::OutRecord::new(
             &t.till_events,
             format!("S{}/T1", i % 3),
-            sale_with_id(&id)
-                .replace("\"tillSeq\":\"12\"", &format!("\"tillSeq\":\"{}\"", i + 1))
-                .into_bytes(),
+            Sale {
+                seq: (i + 1).into(),
+                ..sale(&id)
+            }
+            .json()
+            .into_bytes(),
         )
         .with_header("content-type", "application/json")
         .with_timestamp(Some(1_793_614_600_000 + i64::from(i) * 1000));
@@ -288,10 +300,7 @@ fn check_applies_every_ingest_rule_and_works_while_the_log_is_held() {
     let (_log, _transport) = open(&log_dir);
     let now = chrono::Utc::now();
     let sale_at = |at: chrono::DateTime<chrono::Utc>, id: &str| {
-        format!(
-            r#"{{"eventId":"{id}","storeId":"S1","tillId":"T1","tillSeq":"1","occurredAt":"{}","sessionId":"R-1","currency":"EUR","sale":{{"lines":[{{"sku":"A","quantity":1,"unitPriceMinor":"1000"}}]}}}}"#,
-            at.to_rfc3339()
-        )
+        Sale::new(id, "S1", "T1", 1).session("R-1").at(at).json()
     };
     let big = sale_at(now, "0b6f2a59-3f8e-4f54-8a57-7b2f0f7c1c13")
         .replace(r#""sku":"A""#, &format!(r#""sku":"{}""#, "A".repeat(2048)));
@@ -307,7 +316,7 @@ fn check_applies_every_ingest_rule_and_works_while_the_log_is_held() {
     .join("\n");
     let file = dir.path().join("events.jsonl");
     std::fs::write(&file, input).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tillbridge"))
+    let out = kit::process::tillbridge()
         .args(["publish", "--check", "--file"])
         .arg(&file)
         .env("TILLBRIDGE_EMBEDDED__PATH", &log_dir)

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
 
 use tillbridge_core::log::{EmbeddedLog, OutRecord};
 
@@ -13,9 +12,15 @@ const PAN: &str = "4111 1111 1111 1111";
 
 /// A sale as an outside client writes it; `field` and `value` replace one field's JSON.
 fn sale(n: u32, replace: Option<(&str, &str)>) -> String {
-    let json = format!(
-        r#"{{"eventId":"0b6f2a59-3f8e-4f54-8a57-7b2f0f7c{n:04x}","storeId":"S1","tillId":"T1","tillSeq":"{n}","occurredAt":"2026-11-02T10:15:00Z","cashierId":"C-1","sessionId":"R-{n}","currency":"EUR","sale":{{"lines":[{{"sku":"A","quantity":1,"unitPriceMinor":"1000"}}],"coupons":[{{"code":"SPRING-25","discountMinor":"100"}}]}}}}"#
-    );
+    let json = kit::events::Sale::new(
+        format!("0b6f2a59-3f8e-4f54-8a57-7b2f0f7c{n:04x}"),
+        "S1",
+        "T1",
+        n.into(),
+    )
+    .cashier("C-1")
+    .coupon("SPRING-25", 100)
+    .json();
     match replace {
         Some((from, to)) => {
             assert!(json.contains(from), "{from}");
@@ -42,18 +47,14 @@ fn holds_card(bytes: &[u8]) -> bool {
 }
 
 fn tillbridge(dir: &Path, args: &[&str]) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tillbridge"))
-        .args(args)
-        .env("TILLBRIDGE_EMBEDDED__PATH", dir.join("log"))
-        .env("TILLBRIDGE_STATE__DIR", dir.join("state"))
-        .env("TILLBRIDGE_LOG", "debug")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    let (ok, stdout, stderr) = kit::process::output(
+        kit::process::tillbridge()
+            .args(args)
+            .env("TILLBRIDGE_EMBEDDED__PATH", dir.join("log"))
+            .env("TILLBRIDGE_STATE__DIR", dir.join("state"))
+            .env("TILLBRIDGE_LOG", "debug"),
     );
-    assert!(out.status.success(), "{args:?}: {stdout}{stderr}");
+    assert!(ok, "{args:?}: {stdout}{stderr}");
     (stdout, stderr)
 }
 

@@ -8,11 +8,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::same_answers::{backlog, in_sync_order, records, wipe, Outcome, REPORT_KEY};
+use kit::same_answers::{backlog, in_sync_order, records, wipe, Outcome, REPORT_KEY};
 use tillbridge::{Stages, Transport};
 use tillbridge_core::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 /// stages run, the reference's stands in).
 fn kafka_outcome(broker: &str, config: &Config, report: Vec<u8>) -> Outcome {
     let payloads = |topic: &str| -> Vec<Vec<u8>> {
-        common::read_all(broker, topic)
+        kit::read_all(broker, topic)
             .into_iter()
             .map(|g| g.payload)
             .collect()
@@ -64,11 +62,11 @@ fn groups(config: &Config) -> Vec<(&'static str, String, Vec<String>)> {
 async fn backlog_on_kafka(broker: &str, reference: std::sync::Arc<Outcome>) {
     let broker = broker.to_owned();
     let state = tempfile::tempdir().unwrap();
-    let mut config = common::config(&broker, state.path()).await;
+    let mut config = kit::config(&broker, state.path()).await;
     config.reconciler.report_key = REPORT_KEY.into();
-    common::produce_records(&broker, in_sync_order(records(&config))).await;
+    kit::produce_records(&broker, in_sync_order(records(&config))).await;
     let (b, c, r) = (broker.clone(), config.clone(), reference.clone());
-    common::run_until(&config, Stages::ALL, move || {
+    kit::run_until(&config, Stages::ALL, move || {
         kafka_outcome(&b, &c, r.report.clone()).compare(&r)
     })
     .await;
@@ -80,7 +78,7 @@ async fn backlog_on_kafka(broker: &str, reference: std::sync::Arc<Outcome>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wipe() {
-    let Some(broker) = common::broker() else {
+    let Some(broker) = kit::broker() else {
         return;
     };
     let reference = std::sync::Arc::new(backlog(2000, false).await);
@@ -88,7 +86,7 @@ async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wip
     backlog_on_kafka(&broker, reference.clone()).await;
 
     let state = tempfile::tempdir().unwrap();
-    let mut config = common::config(&broker, state.path()).await;
+    let mut config = kit::config(&broker, state.path()).await;
     config.reconciler.report_key = REPORT_KEY.into();
     let recs = in_sync_order(records(&config));
     let total_events = recs
@@ -117,13 +115,13 @@ async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wip
             wipe(&config);
             (shutdown, run) = start(&config);
         }
-        common::produce_records(&broker, chunk.to_vec()).await;
+        kit::produce_records(&broker, chunk.to_vec()).await;
         // The pace of a live fleet: the stages see the topic grow, not a backlog.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (b, c, want) = (broker.clone(), config.clone(), reference.report.clone());
     let r = reference.clone();
-    common::await_condition(Duration::from_secs(240), move || {
+    kit::await_condition(Duration::from_secs(240), move || {
         kafka_outcome(&b, &c, want.clone()).compare(&r)
     })
     .await;
@@ -142,16 +140,16 @@ async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wip
     wipe(&config);
     let before: Vec<u64> = groups(&config)
         .iter()
-        .map(|(s, _, _)| common::records_read(s))
+        .map(|(s, _, _)| kit::records_read(s))
         .collect();
-    let restores = || common::restores("reconciler");
+    let restores = || kit::restores("reconciler");
     let restores_before = restores();
     let (b, c) = (broker.clone(), config.clone());
-    common::run_until(&config, Stages::ALL, move || {
+    kit::run_until(&config, Stages::ALL, move || {
         for ((stage, group, topics), before) in groups(&c).iter().zip(&before) {
-            let ends = common::ends(&b, topics);
+            let ends = kit::ends(&b, topics);
             let total: u64 = ends.values().map(|e| *e as u64).sum();
-            let replayed = common::records_read(stage) - before;
+            let replayed = kit::records_read(stage) - before;
             // Each stage read its inputs again (ingest's outputs grow while it replays; the
             // totals at the check are what its readers must reach).
             let need = if *stage == "ingest" {
@@ -159,7 +157,7 @@ async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wip
             } else {
                 total
             };
-            if replayed < need || !common::group_caught_up(&b, group, &ends) {
+            if replayed < need || !kit::group_caught_up(&b, group, &ends) {
                 return Err(format!("{stage} replayed {replayed} of {need} records"));
             }
         }

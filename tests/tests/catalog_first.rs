@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use kit::events::{envelope, Sale};
 use prost::Message;
 use tillbridge::{Stages, Transport};
 use tillbridge_core::config::Config;
@@ -11,13 +12,12 @@ use tillbridge_proto::pb;
 use tokio_util::sync::CancellationToken;
 
 fn sale(id: &str, store: &str, session: &str) -> String {
-    format!(
-        r#"{{"eventId":"{id}","storeId":"{store}","tillId":"T1","tillSeq":"1","occurredAt":"2026-11-02T10:15:00Z","sessionId":"{session}","currency":"EUR","sale":{{"lines":[{{"sku":"A","quantity":2,"unitPriceMinor":"1000"}}],"coupons":[{{"code":"SPRING-25","discountMinor":"250"}}],"totalMinor":1750}}}}"#
-    )
-}
-
-fn envelope(topic: &str, key: &str, ts: i64, payload: &str) -> String {
-    serde_json::json!({"topic": topic, "key": key, "ts": ts, "payload": payload}).to_string()
+    Sale::new(id, store, "T1", 1)
+        .session(session)
+        .line("A", 2, 1000)
+        .coupon("SPRING-25", 250)
+        .total(1750)
+        .json()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

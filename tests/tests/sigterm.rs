@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::{BufRead, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::same_answers::{backlog, config, finish_and_compare, in_sync_order, records};
+use kit::same_answers::{backlog, config, finish_and_compare, in_sync_order, records};
 
 /// The value of `tillbridge_records_consumed_total` for `stage` on the metrics endpoint.
 fn consumed(addr: &str, stage: &str) -> u64 {
@@ -37,15 +35,8 @@ async fn sigterm_drains_and_a_later_run_gives_the_same_answers() {
         let log = tillbridge_core::log::EmbeddedLog::open(&config.embedded.path, 4).unwrap();
         log.append(in_sync_order(records(&config))).await.unwrap();
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tillbridge"))
+    let mut child = kit::process::with_config(&config)
         .args(["run", "--metrics-addr", "127.0.0.1:0"])
-        .env("TILLBRIDGE_EMBEDDED__PATH", &config.embedded.path)
-        .env("TILLBRIDGE_STATE__DIR", &config.state.dir)
-        .env(
-            "TILLBRIDGE_RECONCILER__REPORT_KEY",
-            &config.reconciler.report_key,
-        )
-        .env("TILLBRIDGE_INGEST__BATCH_SIZE", "5")
         .env("TILLBRIDGE_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use prost::Message;
+
+use crate::events::Sale;
 use tillbridge::{Stages, Transport};
 use tillbridge_core::config::Config;
 use tillbridge_core::log::{EmbeddedLog, OutRecord};
@@ -20,13 +22,14 @@ pub const D0_MS: i64 = 1_793_606_400_000;
 pub const HOUR_MS: i64 = 3_600_000;
 
 fn event(id: u128, store: &str, till: &str, at_ms: i64, offline: bool, code: &str) -> String {
-    let at = chrono::DateTime::from_timestamp_millis(at_ms)
-        .unwrap()
-        .to_rfc3339();
-    format!(
-        r#"{{"eventId":"{}","storeId":"{store}","tillId":"{till}","tillSeq":"1","occurredAt":"{at}","offline":{offline},"sessionId":"H-{id}","currency":"EUR","sale":{{"lines":[{{"sku":"A","quantity":1,"unitPriceMinor":"2000"}}],"coupons":[{{"code":"{code}","discountMinor":"500"}}],"totalMinor":1500}}}}"#,
-        uuid::Uuid::from_u128(0xd00d_0000 + id)
-    )
+    Sale::new(uuid::Uuid::from_u128(0xd00d_0000 + id), store, till, 1)
+        .at_ms(at_ms)
+        .offline(offline)
+        .session(format!("H-{id}"))
+        .line("A", 1, 2000)
+        .coupon(code, 500)
+        .total(1500)
+        .json()
 }
 
 fn json(topic: &str, key: &str, ts: i64, payload: String) -> OutRecord {
@@ -233,18 +236,8 @@ pub fn config(dir: &Path, batch_size: usize) -> Config {
 /// `tillbridge run --until-idle` as a process over `config`'s embedded log and state, in batches
 /// of `config.ingest.batch_size`, with `env` added; its output discarded.
 pub fn spawn_run(config: &Config, env: &[(&str, &str)]) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tillbridge"))
+    crate::process::with_config(config)
         .args(["run", "--until-idle"])
-        .env("TILLBRIDGE_EMBEDDED__PATH", &config.embedded.path)
-        .env("TILLBRIDGE_STATE__DIR", &config.state.dir)
-        .env(
-            "TILLBRIDGE_RECONCILER__REPORT_KEY",
-            &config.reconciler.report_key,
-        )
-        .env(
-            "TILLBRIDGE_INGEST__BATCH_SIZE",
-            config.ingest.batch_size.to_string(),
-        )
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -8,9 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::same_answers::{
+use kit::same_answers::{
     backlog, config, finish_and_compare, in_sync_order, outcome, records, run_all, spawn_run, wipe,
     Outcome,
 };

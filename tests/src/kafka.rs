@@ -1,10 +1,5 @@
-//! Helpers shared by the broker-backed tests: the broker address, random topic and group names,
-//! an outside client's producer and a consumer that reads a topic until a condition holds.
-
-#![allow(dead_code)]
-
-pub mod flaky_core;
-pub mod same_answers;
+//! The broker side: the broker address, random topic and group names, an outside client's
+//! producer, and readers that follow a topic until a condition holds.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -320,81 +315,8 @@ pub fn high_watermarks(broker: &str, topic: &str) -> BTreeMap<i32, (i64, i64)> {
         .collect()
 }
 
-/// A generated till event as an outside client sends it.
-#[derive(Clone, Debug)]
-pub struct Sent {
-    pub key: String,
-    pub payload: Vec<u8>,
-    pub content_type: Option<&'static str>,
-}
-
-/// `n` distinct valid events over `tills` tills (half JSON, half protobuf) and their ids.
-pub fn good_events(
-    n: usize,
-    tills: usize,
-    seed: u64,
-) -> (Vec<Sent>, Vec<tillbridge_proto::pb::TillEvent>) {
-    use prost::Message;
-    use rand::{Rng, SeedableRng};
-    use tillbridge_proto::pb;
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    // Event times spread over n/10 seconds, all in the past (no CLOCK_SKEW).
-    let now = chrono::Utc::now().timestamp() - (n as i64 / 10) - 3600;
-    let mut seqs = vec![0u64; tills];
-    let mut sent = Vec::with_capacity(n);
-    let mut events = Vec::with_capacity(n);
-    for i in 0..n {
-        let t = rng.gen_range(0..tills);
-        seqs[t] += 1;
-        let store = format!("S{:02}", t / 4);
-        let till = format!("T{}", t % 4);
-        let price = rng.gen_range(100..10_000i64);
-        let ev = pb::TillEvent {
-            event_id: uuid::Builder::from_random_bytes(rng.gen())
-                .into_uuid()
-                .to_string(),
-            store_id: store.clone(),
-            till_id: till.clone(),
-            till_seq: seqs[t],
-            occurred_at: Some(prost_types::Timestamp {
-                seconds: now + i as i64 / 10,
-                nanos: 0,
-            }),
-            session_id: format!("R-{seed}-{i}"),
-            currency: "EUR".into(),
-            body: Some(pb::till_event::Body::Sale(pb::Sale {
-                lines: vec![pb::SaleLine {
-                    sku: format!("SKU-{}", rng.gen_range(0..1000)),
-                    quantity: 1,
-                    unit_price_minor: price,
-                    discount_minor: 0,
-                }],
-                coupons: Vec::new(),
-                loyalty: None,
-                total_minor: Some(price),
-            })),
-            ..Default::default()
-        };
-        let (payload, ct) = if i % 2 == 0 {
-            (
-                tillbridge_proto::to_json(&ev).into_bytes(),
-                Some("application/json"),
-            )
-        } else {
-            (ev.encode_to_vec(), None)
-        };
-        sent.push(Sent {
-            key: format!("{store}/{till}"),
-            payload,
-            content_type: ct,
-        });
-        events.push(ev);
-    }
-    (sent, events)
-}
-
 /// Produces `sent` in order, in chunks, waiting for every acknowledgement.
-pub async fn produce_sent(producer: &FutureProducer, topic: &str, sent: &[Sent]) {
+pub async fn produce_sent(producer: &FutureProducer, topic: &str, sent: &[crate::events::Sent]) {
     for chunk in sent.chunks(5000) {
         let recs: Vec<(String, Vec<u8>, Option<&str>)> = chunk
             .iter()
@@ -418,6 +340,7 @@ pub fn end_offsets(broker: &str, topic: &str) -> i64 {
 }
 
 /// Follows a topic from its beginning, collecting what arrives.
+#[allow(missing_debug_implementations)]
 pub struct Tail {
     consumer: BaseConsumer,
     pub got: Vec<Got>,

@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -20,11 +18,11 @@ fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_batch_yields_exactly_the_expected_outputs() {
-    let Some(broker) = common::broker() else {
+    let Some(broker) = kit::broker() else {
         return;
     };
     let state = tempfile::tempdir().unwrap();
-    let config = common::config(&broker, state.path()).await;
+    let config = kit::config(&broker, state.path()).await;
     let now = chrono::Utc::now();
     let at = rfc3339(now - chrono::Duration::minutes(1));
     let ids: Vec<String> = (0..12).map(|_| uuid::Uuid::new_v4().to_string()).collect();
@@ -119,8 +117,8 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
         (k("S1/T1"), inconsistent.into_bytes(), None),
         (k("S1/T1"), skewed.into_bytes(), json),
     ];
-    let producer = common::producer(&broker);
-    common::produce(&producer, &config.topics.till_events, &records).await;
+    let producer = kit::producer(&broker);
+    kit::produce(&producer, &config.topics.till_events, &records).await;
 
     let shutdown = CancellationToken::new();
     let transport = Transport::from_config(&config).unwrap();
@@ -137,14 +135,14 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
     let dlq_topic = config.topics.dlq.clone();
     let b = broker.clone();
     tokio::task::spawn_blocking(move || {
-        common::read_until(&b, &dlq_topic, Duration::from_secs(60), |g| g.len() >= 7)
+        kit::read_until(&b, &dlq_topic, Duration::from_secs(60), |g| g.len() >= 7)
     })
     .await
     .unwrap();
     let sessions_topic = config.topics.sessions.clone();
     let b = broker.clone();
     tokio::task::spawn_blocking(move || {
-        common::read_until(&b, &sessions_topic, Duration::from_secs(60), |g| {
+        kit::read_until(&b, &sessions_topic, Duration::from_secs(60), |g| {
             g.len() >= 4
         })
     })
@@ -153,7 +151,7 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
 
-    let sessions = common::read_all(&broker, &config.topics.sessions);
+    let sessions = kit::read_all(&broker, &config.topics.sessions);
     let mut session_ids: Vec<String> = sessions
         .iter()
         .map(|g| {
@@ -182,7 +180,7 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
         "an event without a session is keyed by its till"
     );
 
-    let redemptions = common::read_all(&broker, &config.topics.redemptions);
+    let redemptions = kit::read_all(&broker, &config.topics.redemptions);
     let mut codes: Vec<String> = redemptions
         .iter()
         .map(|g| String::from_utf8(g.key.clone()).unwrap())
@@ -193,7 +191,7 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
     // One LoyaltyFact for the sale's loyalty activity, and one for the return that points back
     // to the original session (the return synced from another till; its profile comes from
     // the sale).
-    let loyalty: Vec<pb::LoyaltyFact> = common::read_all(&broker, &config.topics.loyalty)
+    let loyalty: Vec<pb::LoyaltyFact> = kit::read_all(&broker, &config.topics.loyalty)
         .iter()
         .map(|g| {
             assert_eq!(g.key, b"P1");
@@ -219,7 +217,7 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
         (1000, 1400)
     );
 
-    let dlq = common::read_all(&broker, &config.topics.dlq);
+    let dlq = kit::read_all(&broker, &config.topics.dlq);
     let mut reasons: Vec<String> = dlq
         .iter()
         .map(|g| pb::DeadLetter::decode(g.payload.as_slice()).unwrap().reason)

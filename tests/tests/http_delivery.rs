@@ -7,13 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::flaky_core::{FlakyCore, Plan};
+use kit::flaky_core::{FlakyCore, Plan};
 use prost::Message;
 use tillbridge::{Stages, Transport};
 use tillbridge_core::config::Config;
@@ -31,7 +29,7 @@ const REJECT_STORE: &str = "S-REJECT";
 /// (JSON): sales, cancellations of the till's previous sale (same session), till status
 /// changes and manual overrides (keyed by till, so one long ordered lane per till). The last
 /// till belongs to a store the core refuses.
-fn workload(tills: usize, per_till: usize) -> (Vec<common::Sent>, Vec<pb::TillEvent>) {
+fn workload(tills: usize, per_till: usize) -> (Vec<kit::events::Sent>, Vec<pb::TillEvent>) {
     let base = chrono::Utc::now().timestamp() - 3600;
     let mut sent = Vec::new();
     let mut events = Vec::new();
@@ -92,7 +90,7 @@ fn workload(tills: usize, per_till: usize) -> (Vec<common::Sent>, Vec<pb::TillEv
                     })
                 }
             });
-            sent.push(common::Sent {
+            sent.push(kit::events::Sent {
                 key: format!("{store}/{till}"),
                 payload: tillbridge_proto::to_json(&ev).into_bytes(),
                 content_type: Some("application/json"),
@@ -194,7 +192,7 @@ fn check_dlq(broker: &str, topic: &str, events: &[pb::TillEvent]) {
         .filter(|e| e.store_id == REJECT_STORE)
         .map(|e| e.event_id.clone())
         .collect();
-    let dlq = common::read_all(broker, topic);
+    let dlq = kit::read_all(broker, topic);
     let mut got = BTreeSet::new();
     for g in &dlq {
         let dl = pb::DeadLetter::decode(g.payload.as_slice()).unwrap();
@@ -222,16 +220,16 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_session_event_reaches_a_flaky_core_once_in_order_within_the_rate() {
-    let Some(broker) = common::broker() else {
+    let Some(broker) = kit::broker() else {
         return;
     };
     let core = FlakyCore::start(Plan::default()).await;
     let state = tempfile::tempdir().unwrap();
-    let mut config = common::config(&broker, state.path()).await;
+    let mut config = kit::config(&broker, state.path()).await;
     config.router = serde_json::json!({ "http": http_config(&core) });
     let (sent, events) = workload(13, 24);
-    let producer = common::producer(&broker);
-    common::produce_sent(&producer, &config.topics.till_events, &sent).await;
+    let producer = kit::producer(&broker);
+    kit::produce_sent(&producer, &config.topics.till_events, &sent).await;
 
     let shutdown = CancellationToken::new();
     let transport = Transport::from_config(&config).unwrap();
@@ -254,7 +252,7 @@ async fn every_session_event_reaches_a_flaky_core_once_in_order_within_the_rate(
     let b = broker.clone();
     let dlq = config.topics.dlq.clone();
     tokio::task::spawn_blocking(move || {
-        common::read_until(&b, &dlq, Duration::from_secs(60), |g| g.len() >= 24)
+        kit::read_until(&b, &dlq, Duration::from_secs(60), |g| g.len() >= 24)
     })
     .await
     .unwrap();
@@ -273,86 +271,37 @@ async fn every_session_event_reaches_a_flaky_core_once_in_order_within_the_rate(
     assert!(refused > 0 && retried == refused);
 }
 
-/// The child process's config file; its requests carry `x-sender-run: {run}`.
-fn child_config(
+/// The child process: ingest and delivery over `config` toward `core`; its requests carry
+/// `x-sender-run: {run}`; `crash_at` arms a crash point (in batches of 10, so that every point
+/// is reached whatever the fetch timing).
+fn spawn(
     config: &Config,
-    broker: &str,
-    http: &HttpConfig,
+    core: &FlakyCore,
     run: usize,
-    path: &std::path::Path,
-) {
-    let t = &config.topics;
-    let k = config.kafka.as_ref().unwrap();
-    let toml = format!(
-        r#"[topics]
-till_events = "{}"
-coupons = "{}"
-loyalty_balances = "{}"
-sessions = "{}"
-redemptions = "{}"
-loyalty = "{}"
-compensations = "{}"
-alerts = "{}"
-dlq = "{}"
-
-[kafka]
-bootstrap_servers = "{broker}"
-group_prefix = "{}"
-instance_id = "sigkill"
-
-[state]
-dir = "{}"
-
-[delivery]
-url = "{}"
-rate_limit_per_second = {}
-burst = {}
-timeout = "500ms"
-backoff_initial = "50ms"
-backoff_max = "1s"
-headers = {{ "x-sender-run" = "{run}" }}
-"#,
-        t.till_events,
-        t.coupons,
-        t.loyalty_balances,
-        t.sessions,
-        t.redemptions,
-        t.loyalty,
-        t.compensations,
-        t.alerts,
-        t.dlq,
-        k.group_prefix,
-        config.state.dir.display(),
-        http.url,
-        http.rate_limit_per_second,
-        http.burst,
-    );
-    std::fs::write(path, toml).unwrap();
-}
-
-fn spawn(config: &std::path::Path, log: &std::path::Path, crash_at: Option<&str>) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tillbridge"))
-        .args(["--config"])
-        .arg(config)
-        .args(["run", "--stages", "ingest,delivery"])
-        .env("TILLBRIDGE_LOG", "info")
-        .env("TILLBRIDGE_RECONCILER__REPORT_KEY", "http-delivery-key")
-        .envs(crash_at.map(|c| (tillbridge_core::crash::VAR, c)))
-        .envs(crash_at.map(|_| ("TILLBRIDGE_INGEST__BATCH_SIZE", "10")))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn tillbridge")
+    log: &std::path::Path,
+    crash_at: Option<&str>,
+) -> Child {
+    let mut config = config.clone();
+    let mut http = http_config(core);
+    http.headers.insert("x-sender-run".into(), run.to_string());
+    config.delivery = serde_json::to_value(&http).unwrap();
+    config.reconciler.report_key = "http-delivery-key".into();
+    config.kafka.as_mut().unwrap().instance_id = Some("sigkill".into());
+    if crash_at.is_some() {
+        config.ingest.batch_size = 10;
+    }
+    kit::process::spawn_logged(
+        kit::process::with_config(&config)
+            .args(["run", "--stages", "ingest,delivery"])
+            .env("TILLBRIDGE_LOG", "info")
+            .envs(crash_at.map(|c| (tillbridge_core::crash::VAR, c))),
+        log,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_survives_sigkills_of_the_router() {
-    let Some(broker) = common::broker() else {
+    let Some(broker) = kit::broker() else {
         return;
     };
     let core = FlakyCore::start(Plan {
@@ -361,19 +310,17 @@ async fn the_outbox_survives_sigkills_of_the_router() {
     })
     .await;
     let state = tempfile::tempdir().unwrap();
-    let config = common::config(&broker, &state.path().join("state")).await;
-    let file = state.path().join("tillbridge.toml");
+    let config = kit::config(&broker, &state.path().join("state")).await;
     let (sent, events) = workload(13, 24);
-    let producer = common::producer(&broker);
-    common::produce_sent(&producer, &config.topics.till_events, &sent).await;
+    let producer = kit::producer(&broker);
+    kit::produce_sent(&producer, &config.topics.till_events, &sent).await;
     let log = state.path().join("child.log");
     let want = expected(&events).len();
     // SIGKILL at a quarter, half and three quarters of the requests applied, then run to the end.
     for (i, share) in [0.25, 0.5, 0.75, 1.0].into_iter().enumerate() {
         // Each run tags its requests, so the rate limit (a bucket per process, full at start)
         // is checked per run.
-        child_config(&config, &broker, &http_config(&core), i, &file);
-        let mut child = spawn(&file, &log, None);
+        let mut child = spawn(&config, &core, i, &log, None);
         let target = ((want as f64) * share) as usize;
         let start = Instant::now();
         while core.applied_count() < target {
@@ -424,7 +371,7 @@ async fn finish(
     let b = broker.to_owned();
     let dlq = config.topics.dlq.clone();
     tokio::task::spawn_blocking(move || {
-        common::read_until(&b, &dlq, Duration::from_secs(60), |g| {
+        kit::read_until(&b, &dlq, Duration::from_secs(60), |g| {
             let ids: BTreeSet<Vec<u8>> = g
                 .iter()
                 .filter_map(|g| pb::DeadLetter::decode(g.payload.as_slice()).ok())
@@ -441,7 +388,7 @@ async fn finish(
 
 /// Every refused event has one dead letter id, however often it was re-sent after a kill.
 fn check_dead_letters(broker: &str, config: &tillbridge_core::config::Config) {
-    let dlq = common::read_all(broker, &config.topics.dlq);
+    let dlq = kit::read_all(broker, &config.topics.dlq);
     let by_event: BTreeMap<String, BTreeSet<String>> =
         dlq.iter().fold(BTreeMap::new(), |mut m, g| {
             let dl = pb::DeadLetter::decode(g.payload.as_slice()).unwrap();
@@ -458,7 +405,7 @@ fn check_dead_letters(broker: &str, config: &tillbridge_core::config::Config) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_survives_a_kill_between_any_two_writes() {
     use std::os::unix::process::ExitStatusExt;
-    let Some(broker) = common::broker() else {
+    let Some(broker) = kit::broker() else {
         return;
     };
     let core = FlakyCore::start(Plan {
@@ -467,11 +414,10 @@ async fn the_outbox_survives_a_kill_between_any_two_writes() {
     })
     .await;
     let state = tempfile::tempdir().unwrap();
-    let config = common::config(&broker, &state.path().join("state")).await;
-    let file = state.path().join("tillbridge.toml");
+    let config = kit::config(&broker, &state.path().join("state")).await;
     let (sent, events) = workload(15, 24);
-    let producer = common::producer(&broker);
-    common::produce_sent(&producer, &config.topics.till_events, &sent).await;
+    let producer = kit::producer(&broker);
+    kit::produce_sent(&producer, &config.topics.till_events, &sent).await;
     let log = state.path().join("child.log");
     // Batches of at most 10 records, so that each stage has dozens of batches whatever the
     // fetch timing; the points that need work left come before the ones that finish it.
@@ -485,8 +431,7 @@ async fn the_outbox_survives_a_kill_between_any_two_writes() {
         "delivery:delivered:5",
     ];
     for (i, spec) in kills.into_iter().enumerate() {
-        child_config(&config, &broker, &http_config(&core), i, &file);
-        let mut child = spawn(&file, &log, Some(spec));
+        let mut child = spawn(&config, &core, i, &log, Some(spec));
         let start = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -506,9 +451,9 @@ async fn the_outbox_survives_a_kill_between_any_two_writes() {
         );
         println!("aborted at {spec} with {} applied", core.applied_count());
     }
-    child_config(&config, &broker, &http_config(&core), kills.len(), &file);
     let want = expected(&events).len();
-    finish(&core, want, &broker, &config, spawn(&file, &log, None)).await;
+    let child = spawn(&config, &core, kills.len(), &log, None);
+    finish(&core, want, &broker, &config, child).await;
     check_core(&core, &events);
     check_dead_letters(&broker, &config);
 }

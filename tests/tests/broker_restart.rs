@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -16,7 +14,7 @@ use tillbridge::{Stages, Transport};
 use tokio_util::sync::CancellationToken;
 
 fn broker_script(action: &str, dir: &Path) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/test-broker.sh");
+    let script = kit::process::workspace_file("scripts/test-broker.sh");
     let out = Command::new("bash")
         .arg(script)
         .arg(action)
@@ -37,17 +35,14 @@ struct OwnBroker(std::path::PathBuf);
 impl Drop for OwnBroker {
     fn drop(&mut self) {
         let _ = Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../scripts/test-broker.sh"
-            ))
+            .arg(kit::process::workspace_file("scripts/test-broker.sh"))
             .arg("kill")
             .arg(&self.0)
             .output();
     }
 }
 
-fn event_ids(got: &[common::Got]) -> BTreeSet<Vec<u8>> {
+fn event_ids(got: &[kit::Got]) -> BTreeSet<Vec<u8>> {
     got.iter()
         .filter_map(|g| g.headers.get("tillbridge-event-id").cloned())
         .collect()
@@ -56,7 +51,7 @@ fn event_ids(got: &[common::Got]) -> BTreeSet<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_waits_out_a_broker_restart_and_loses_nothing() {
     // The shared broker's presence says the broker's jars are installed; this test runs its own.
-    if common::broker().is_none() {
+    if kit::broker().is_none() {
         return;
     }
     // The stage's log goes to the test's output (shown when it fails).
@@ -69,8 +64,8 @@ async fn ingest_waits_out_a_broker_restart_and_loses_nothing() {
     let broker = broker_script("start", &broker_dir);
     let _guard = OwnBroker(broker_dir.clone());
     let state = tempfile::tempdir().unwrap();
-    let config = common::config(&broker, state.path()).await;
-    let (sent, events) = common::good_events(400, 16, 21);
+    let config = kit::config(&broker, state.path()).await;
+    let (sent, events) = kit::events::good_events(400, 16, 21);
     let want: BTreeSet<Vec<u8>> = events
         .iter()
         .map(|e| e.event_id.clone().into_bytes())
@@ -89,11 +84,11 @@ async fn ingest_waits_out_a_broker_restart_and_loses_nothing() {
         )
     };
 
-    let producer = common::producer(&broker);
-    common::produce_sent(&producer, &config.topics.till_events, &sent[..200]).await;
+    let producer = kit::producer(&broker);
+    kit::produce_sent(&producer, &config.topics.till_events, &sent[..200]).await;
     let (b, sessions) = (broker.clone(), config.topics.sessions.clone());
     tokio::task::spawn_blocking(move || {
-        common::read_until(&b, &sessions, Duration::from_secs(120), |g| {
+        kit::read_until(&b, &sessions, Duration::from_secs(120), |g| {
             event_ids(g).len() >= 200
         })
     })
@@ -111,12 +106,12 @@ async fn ingest_waits_out_a_broker_restart_and_loses_nothing() {
     );
     assert_eq!(broker_script("start", &broker_dir), broker, "same address");
 
-    let producer = common::producer(&broker);
-    common::produce_sent(&producer, &config.topics.till_events, &sent[200..]).await;
+    let producer = kit::producer(&broker);
+    kit::produce_sent(&producer, &config.topics.till_events, &sent[200..]).await;
     let (b, sessions) = (broker.clone(), config.topics.sessions.clone());
     let want_all = want.clone();
     let got = tokio::task::spawn_blocking(move || {
-        common::read_until(&b, &sessions, Duration::from_secs(180), |g| {
+        kit::read_until(&b, &sessions, Duration::from_secs(180), |g| {
             event_ids(g) == want_all
         })
     })

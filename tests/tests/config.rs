@@ -2,12 +2,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-
 use tillbridge_core::config::Config;
 
 fn example() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/tillbridge.example.toml")
+    kit::process::workspace_file("deploy/tillbridge.example.toml")
 }
 
 #[test]
@@ -111,18 +109,15 @@ fn tillbridge_with(toml: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, St
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("c.toml");
     std::fs::write(&f, toml).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tillbridge"))
-        .arg("--config")
-        .arg(&f)
-        .args(args)
-        .env("TILLBRIDGE_STATE__DIR", dir.path().join("state"))
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (ok, _, stderr) = kit::process::output(
+        kit::process::tillbridge()
+            .arg("--config")
+            .arg(&f)
+            .args(args)
+            .env("TILLBRIDGE_STATE__DIR", dir.path().join("state"))
+            .envs(env.iter().copied()),
+    );
+    (ok, stderr)
 }
 
 #[test]

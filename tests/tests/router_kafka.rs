@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
 use prost::Message;
@@ -14,34 +12,15 @@ use tillbridge_proto::pb;
 use tokio_util::sync::CancellationToken;
 
 fn sale(store: &str, seq: u64) -> pb::TillEvent {
-    pb::TillEvent {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        store_id: store.into(),
-        till_id: "T1".into(),
-        till_seq: seq,
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: chrono::Utc::now().timestamp() - 60,
-            nanos: 0,
-        }),
-        session_id: format!("R-{store}-{seq}"),
-        currency: "EUR".into(),
-        body: Some(pb::till_event::Body::Sale(pb::Sale {
-            lines: vec![pb::SaleLine {
-                sku: "A".into(),
-                quantity: 1,
-                unit_price_minor: 500,
-                discount_minor: 0,
-            }],
-            coupons: Vec::new(),
-            loyalty: None,
-            total_minor: None,
-        })),
-        ..Default::default()
-    }
+    kit::events::Sale::new(uuid::Uuid::new_v4(), store, "T1", seq)
+        .at(chrono::Utc::now() - chrono::Duration::seconds(60))
+        .session(format!("R-{store}-{seq}"))
+        .line("A", 1, 500)
+        .proto()
 }
 
 fn ids(broker: &str, topic: &str) -> Vec<String> {
-    common::read_all(broker, topic)
+    kit::read_all(broker, topic)
         .iter()
         .map(|g| {
             pb::TillEvent::decode(g.payload.as_slice())
@@ -53,11 +32,11 @@ fn ids(broker: &str, topic: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
-    let Some(broker) = common::broker() else {
+    let Some(broker) = kit::broker() else {
         return;
     };
     let state = tempfile::tempdir().unwrap();
-    let mut config = common::config(&broker, state.path()).await;
+    let mut config = kit::config(&broker, state.path()).await;
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let north = format!("north-{tag}");
     let quarantine = format!("quarantine-{tag}");
@@ -66,10 +45,10 @@ async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
         "rules": [{ "name": "north", "match": { "region": "north" }, "to": ["north"] }],
     });
     tillbridge_core::log::KafkaLog::new(config.kafka.clone().unwrap())
-        .create_topics(&[&north, &quarantine], common::PARTITIONS)
+        .create_topics(&[&north, &quarantine], kit::PARTITIONS)
         .await
         .unwrap();
-    let producer = common::producer(&broker);
+    let producer = kit::producer(&broker);
     let json = Some("application/json");
     // All rows in one produce request, as a bulk loader sends them.
     let rows: Vec<(String, Vec<u8>, Option<&str>)> = [
@@ -86,7 +65,7 @@ async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
     .into_iter()
     .map(|(key, row)| (key.to_owned(), row.as_bytes().to_vec(), json))
     .collect();
-    common::produce(&producer, &config.topics.stores, &rows).await;
+    kit::produce(&producer, &config.topics.stores, &rows).await;
     let events = [sale("S-N", 1), sale("S-T", 1), sale("S-X", 1)];
     let records: Vec<(String, Vec<u8>, Option<&str>)> = events
         .iter()
@@ -98,7 +77,7 @@ async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
             )
         })
         .collect();
-    common::produce(&producer, &config.topics.till_events, &records).await;
+    kit::produce(&producer, &config.topics.till_events, &records).await;
 
     let shutdown = CancellationToken::new();
     let transport = Transport::from_config(&config).unwrap();
@@ -115,14 +94,14 @@ async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
     let wait = |topic: String, n: usize| {
         let b = broker.clone();
         tokio::task::spawn_blocking(move || {
-            common::read_until(&b, &topic, Duration::from_secs(60), |g| g.len() >= n)
+            kit::read_until(&b, &topic, Duration::from_secs(60), |g| g.len() >= n)
         })
     };
     wait(config.topics.sessions.clone(), 1).await.unwrap();
     wait(quarantine.clone(), 1).await.unwrap();
     wait(north.clone(), 1).await.unwrap();
     // The store goes live: its next sale is routed to promo.sessions.
-    common::produce(
+    kit::produce(
         &producer,
         &config.topics.stores,
         &[(
@@ -137,7 +116,7 @@ async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
     let mut seq = 2;
     loop {
         let e = sale("S-T", seq);
-        common::produce(
+        kit::produce(
             &producer,
             &config.topics.till_events,
             &[(
@@ -172,7 +151,7 @@ async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
     sessions.dedup();
     assert_eq!(sessions, vec!["S-T", "S-X"]);
     assert!(ids(&broker, &quarantine).iter().all(|s| s == "S-T"));
-    let dead: Vec<pb::DeadLetter> = common::read_all(&broker, &dlq)
+    let dead: Vec<pb::DeadLetter> = kit::read_all(&broker, &dlq)
         .iter()
         .map(|g| pb::DeadLetter::decode(g.payload.as_slice()).unwrap())
         .collect();

@@ -1,0 +1,90 @@
+//! The `tillbridge` binary as an operator runs it: built from this workspace once per test
+//! process, given a config file written from a [`Config`], its log appended to a file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use tillbridge_core::config::Config;
+
+/// The workspace's `tillbridge` binary, built (or found up to date) by cargo the first time it is
+/// asked for, with the profile of the running test.
+pub fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        escargot::CargoBuild::new()
+            .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+            .package("tillbridge")
+            .bin("tillbridge")
+            .current_release()
+            .run()
+            .expect("build the tillbridge binary")
+            .path()
+            .to_owned()
+    })
+}
+
+/// A file of the workspace, named from its root (`deploy/tillbridge.example.toml`).
+pub fn workspace_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// `tillbridge` with no argument yet.
+pub fn tillbridge() -> Command {
+    Command::new(bin())
+}
+
+/// `tillbridge --config <file>`, the file written from `config` next to its state directory.
+pub fn with_config(config: &Config) -> Command {
+    let mut cmd = tillbridge();
+    cmd.arg("--config").arg(config_file(config));
+    cmd
+}
+
+/// Writes `config` as the TOML an operator would write (`<state dir>.toml`) and returns its
+/// path. Unset sections are left out.
+pub fn config_file(config: &Config) -> PathBuf {
+    fn strip_nulls(v: &mut serde_json::Value) {
+        if let serde_json::Value::Object(m) = v {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+    }
+    let mut value = serde_json::to_value(config).expect("config as JSON");
+    strip_nulls(&mut value);
+    let toml = toml::to_string(&toml::Value::try_from(value).expect("config as TOML"))
+        .expect("config as TOML");
+    let path = config.state.dir.with_extension("toml");
+    std::fs::write(&path, toml).expect("write config file");
+    path
+}
+
+/// Spawns `cmd` with its stderr (the log) appended to `log` and its stdout discarded.
+pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log file");
+    cmd.stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn tillbridge")
+}
+
+/// The last 40 lines of a log file, for a failure message.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Runs `cmd` to its end and returns (success, stdout, stderr).
+pub fn output(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("run tillbridge");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
