@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::error::Error;
 
 /// The `[delivery]` section (formerly `[router.http]`): one HTTP destination toward a promotion
 /// core.

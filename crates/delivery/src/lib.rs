@@ -9,21 +9,10 @@
 //!
 //! It imports core and proto, and no routing: which topic it reads is decided by the caller.
 
+mod error;
 mod http;
 pub mod outbox;
 
+pub use error::Error;
 pub use http::{HttpConfig, HttpMethod};
 pub use outbox::{Delivery, DeliveryStats, Drainer, Outbox};
-
-/// Errors of the delivery crate: configuration mistakes (at start-up) and failures of the
-/// outbox's local storage. Neither is helped by retrying; an unreachable promotion core is not
-/// an error here (its requests wait and are retried).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("delivery: {0}")]
-    Config(String),
-    #[error(transparent)]
-    Core(#[from] tillbridge_core::Error),
-    #[error("outbox state: {0}")]
-    State(String),
-}

@@ -40,8 +40,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::error::Error;
 use crate::http::{self, HttpConfig, HttpMethod, Outcome, UrlValues};
-use crate::Error;
 
 /// Layout version of the outbox state; a store of another layout is rebuilt.
 const STATE_FORMAT: &str = "outbox-v1";

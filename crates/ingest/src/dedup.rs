@@ -8,7 +8,7 @@
 use dashmap::DashMap;
 use uuid::Uuid;
 
-use crate::Error;
+use crate::error::Error;
 
 /// Most ids the in-memory set keeps beyond the batch in flight.
 const HOT_CAPACITY: usize = 200_000;

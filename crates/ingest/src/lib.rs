@@ -18,19 +18,9 @@
 //! (`dedup`), kept in a sled tree with a hot in-memory set (dashmap) in front.
 
 mod dedup;
+mod error;
 mod processor;
 pub mod route;
 
+pub use error::Error;
 pub use processor::{Ingest, IngestStats, TillGaps};
-
-/// Errors of the ingest stage. All of them stop the stage; retryable conditions (a broker that is
-/// down) are retried by the stage loop before they become one of these.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Core(#[from] tillbridge_core::Error),
-    #[error("state store: {0}")]
-    State(String),
-    #[error(transparent)]
-    Rule(#[from] route::RuleError),
-}

@@ -15,7 +15,7 @@ use tillbridge_core::{metrics, pan};
 use tillbridge_proto::{pb, Rejection};
 
 use crate::dedup::{DedupIndex, Seen};
-use crate::Error;
+use crate::error::Error;
 
 /// Layout version of the ingest state; a store of another layout is rebuilt.
 const STATE_FORMAT: &str = "ingest-v1";

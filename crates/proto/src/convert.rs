@@ -10,7 +10,7 @@ use tillbridge_domain::{
 use uuid::Uuid;
 
 use crate::pb;
-use crate::Rejection;
+use crate::rejection::Rejection;
 
 fn timestamp(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Rejection> {
     let ts = ts.ok_or_else(|| Rejection::missing(field))?;

@@ -8,51 +8,22 @@
 
 mod convert;
 mod dupkeys;
+mod rejection;
+
+/// Generated types of package `tillbridge.v1`.
+#[allow(clippy::all, missing_docs, missing_debug_implementations)]
+pub mod pb;
 
 use std::sync::OnceLock;
 
 use prost::Message;
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
 use sha2::{Digest, Sha256};
-use tillbridge_domain::pan;
 use tillbridge_domain::RejectReason;
 pub use tillbridge_domain::TillEvent;
 
 pub use convert::{coupon_definition, loyalty_balance, validate};
-
-/// Generated types of package `tillbridge.v1`.
-#[allow(clippy::all, missing_docs, missing_debug_implementations)]
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/tillbridge.v1.rs"));
-}
-
-/// A record that breaks the contract: the reason code and a detail naming the field. The detail
-/// never holds card digits: [`Rejection::new`] redacts any, whatever put them there (a decoder's
-/// message can quote a number read from the input).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}: {detail}")]
-pub struct Rejection {
-    pub reason: RejectReason,
-    pub detail: String,
-}
-
-impl Rejection {
-    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        let detail = detail.into();
-        let detail = if pan::contains(&detail) {
-            String::from_utf8_lossy(&pan::redact(detail.as_bytes())).into_owned()
-        } else {
-            detail
-        };
-        Rejection { reason, detail }
-    }
-    pub(crate) fn missing(field: &str) -> Self {
-        Self::new(RejectReason::MissingField, format!("{field} is required"))
-    }
-    pub(crate) fn invalid(field: &str, why: impl std::fmt::Display) -> Self {
-        Self::new(RejectReason::InvalidField, format!("{field}: {why}"))
-    }
-}
+pub use rejection::Rejection;
 
 /// How a payload is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

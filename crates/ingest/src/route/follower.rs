@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use tillbridge_core::log::{OutRecord, Record};
 use tillbridge_core::stage::Processor;
 
-use super::StoreTable;
-use crate::Error;
+use super::rules::StoreTable;
+use crate::error::Error;
 
 /// Applies `promo.stores` rows to a [`StoreTable`].
 #[derive(Debug)]
