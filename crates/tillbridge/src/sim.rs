@@ -272,6 +272,23 @@ pub fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_topic: &st
         sync_at + Duration::seconds((at - offline_from).num_minutes().max(0))
     };
 
+    // A sale stamped by the till's clock and made at `at`, reaching the broker `online_delay`
+    // seconds later, or with the backlog when it was made offline.
+    let send = |sim: &mut Sim,
+                store: &str,
+                till: &str,
+                (stamped, at): (DateTime<Utc>, DateTime<Utc>),
+                spec: SaleSpec,
+                online_delay: i64| {
+        let arrives = if spec.offline {
+            backlog_arrival(at)
+        } else {
+            at + Duration::seconds(online_delay)
+        };
+        let ev = sim.sale(store, till, stamped, spec);
+        sim.push(ev, arrives);
+    };
+
     // Ordinary traffic on every till.
     for store in STORES {
         for till in TILLS {
@@ -299,27 +316,14 @@ pub fn fleet(seed: u64, till_topic: &str, coupon_topic: &str, balance_topic: &st
                 } else {
                     at
                 };
-                let ev = sim.sale(store, till, stamped, spec);
-                let arrives = if offline {
-                    backlog_arrival(at)
-                } else {
-                    at + Duration::seconds(2)
-                };
-                sim.push(ev, arrives);
+                send(&mut sim, store, till, (stamped, at), spec, 2);
             }
         }
     }
 
     // LEAK-7Q2X: S03 offline 10:15, S05 10:25, S01 10:35.
     let plant = |sim: &mut Sim, store: &str, till: &str, at: DateTime<Utc>, spec: SaleSpec| {
-        let offline = spec.offline;
-        let ev = sim.sale(store, till, at, spec);
-        let arrives = if offline {
-            backlog_arrival(at)
-        } else {
-            at + Duration::seconds(3)
-        };
-        sim.push(ev, arrives);
+        send(sim, store, till, (at, at), spec, 3);
     };
     let leak = |offline| SaleSpec {
         coupons: vec![("LEAK-7Q2X".to_owned(), 2000)],

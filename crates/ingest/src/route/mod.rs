@@ -152,25 +152,28 @@ impl Router {
                 }
                 if let (Some(profile), Some(l)) = (&ev.profile_id, &sale.loyalty) {
                     let base = self.loyalty(ev, profile, &l.program_id, &currency);
-                    if l.points_earned > 0 {
-                        let f = pb::LoyaltyFact {
-                            id: ids::derive(&eid, "loyalty.earned", 0).to_string(),
-                            kind: pb::LoyaltyFactKind::Earned as i32,
-                            points: l.points_earned,
-                            sale_total_minor: sale.total_minor,
-                            ..base.clone()
-                        };
-                        out.push(self.loyalty_record(profile, &f, record_ts));
-                    }
-                    if l.points_redeemed > 0 {
-                        let f = pb::LoyaltyFact {
-                            id: ids::derive(&eid, "loyalty.redeemed", 0).to_string(),
-                            kind: pb::LoyaltyFactKind::RedeemedPoints as i32,
-                            points: l.points_redeemed,
-                            sale_total_minor: sale.total_minor,
-                            ..base
-                        };
-                        out.push(self.loyalty_record(profile, &f, record_ts));
+                    for (points, kind, what) in [
+                        (
+                            l.points_earned,
+                            pb::LoyaltyFactKind::Earned,
+                            "loyalty.earned",
+                        ),
+                        (
+                            l.points_redeemed,
+                            pb::LoyaltyFactKind::RedeemedPoints,
+                            "loyalty.redeemed",
+                        ),
+                    ] {
+                        if points > 0 {
+                            let f = pb::LoyaltyFact {
+                                id: ids::derive(&eid, what, 0).to_string(),
+                                kind: kind as i32,
+                                points,
+                                sale_total_minor: sale.total_minor,
+                                ..base.clone()
+                            };
+                            out.push(self.loyalty_record(profile, &f, record_ts));
+                        }
                     }
                 }
             }
