@@ -1,0 +1,102 @@
+//! The configuration as the binary composes it: core's sections, and each crate's own section
+//! checked by that crate's types, every one of them at load whatever the command.
+
+use anyhow::Context;
+use tillbridge_core::config::Config;
+use tillbridge_fraud_guard::FraudGuardConfig;
+
+/// The default HMAC key of fingerprints, refused on a Kafka cluster.
+pub const DEFAULT_REPORT_KEY: &str = "change-me";
+
+/// Loads the configuration (see [`Config::load`]) and checks every section, whatever the command
+/// and the stages it runs: a typo under `[fraud_guard]` or `[router]` is an error for `report`
+/// and `create-topics` as much as for `run`. On a Kafka cluster the fingerprint key must be set:
+/// the default is public, so fingerprints made with it could be reversed for short codes.
+pub fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let config = Config::load(file)?;
+    fraud_guard_config(&config)?;
+    router_rules(&config)?;
+    delivery_config(&config)?;
+    let key = config.reconciler.report_key.trim();
+    if config.kafka.is_some() && (key.is_empty() || key == DEFAULT_REPORT_KEY) {
+        anyhow::bail!(
+            "reconciler.report_key is {}: set a secret of your own (TILLBRIDGE_RECONCILER__REPORT_KEY) \
+             before running against a Kafka cluster",
+            if key.is_empty() { "empty" } else { "the default" }
+        );
+    }
+    Ok(config)
+}
+
+/// The fraud-guard rules of `config`, checked strictly.
+pub fn fraud_guard_config(config: &Config) -> anyhow::Result<FraudGuardConfig> {
+    if config.fraud_guard.is_null() {
+        return Ok(FraudGuardConfig::default());
+    }
+    let fg: FraudGuardConfig = serde_json::from_value(config.fraud_guard.clone())
+        .context("invalid [fraud_guard] section")?;
+    fg.validate().context("invalid [fraud_guard] section")?;
+    Ok(fg)
+}
+
+/// The `[router]` section of `config`, checked strictly (without `http`, which is the former
+/// place of `[delivery]`).
+pub fn router_config(config: &Config) -> anyhow::Result<tillbridge_ingest::route::RouterConfig> {
+    let mut router = config.router.clone();
+    if let Some(section) = router.as_object_mut() {
+        section.remove("http");
+    }
+    if router.is_null() {
+        return Ok(tillbridge_ingest::route::RouterConfig::default());
+    }
+    serde_json::from_value(router).context("invalid [router] section")
+}
+
+/// The `[delivery]` section of `config` (`None`: no HTTP destination), checked strictly,
+/// including that its destination is one the routing rules name. `[router.http]`, its former
+/// place, is read with a warning; both at once is an error.
+pub fn delivery_config(config: &Config) -> anyhow::Result<Option<tillbridge_delivery::HttpConfig>> {
+    let old = config.router.get("http").filter(|v| !v.is_null());
+    let section = match (config.delivery.is_null(), old) {
+        (true, None) => return Ok(None),
+        (false, None) => config.delivery.clone(),
+        (true, Some(old)) => {
+            tracing::warn!("[router.http] is deprecated: move it to [delivery]");
+            old.clone()
+        }
+        (false, Some(_)) => {
+            anyhow::bail!("both [delivery] and [router.http] are set: keep [delivery] only")
+        }
+    };
+    let http: tillbridge_delivery::HttpConfig =
+        serde_json::from_value(section).context("invalid [delivery] section")?;
+    http.validate().context("invalid [delivery] section")?;
+    let rules = router_rules(config)?;
+    if rules.topic_of(&http.destination).is_none() {
+        anyhow::bail!(
+            "invalid [delivery] section: destination {:?} is not a destination of [router]; known: {}",
+            http.destination,
+            rules.destination_names().join(", ")
+        );
+    }
+    Ok(Some(http))
+}
+
+/// The routing rules of `config`, compiled (every mistake is a start-up error).
+pub fn router_rules(config: &Config) -> anyhow::Result<tillbridge_ingest::route::Rules> {
+    Ok(tillbridge_ingest::route::Rules::compile(
+        &config.topics,
+        &router_config(config)?,
+    )?)
+}
+
+/// Every topic the configuration names, router destinations included.
+pub fn all_topics(config: &Config) -> anyhow::Result<Vec<String>> {
+    let mut topics: Vec<String> = config.topics.all().into_iter().map(str::to_owned).collect();
+    for t in router_rules(config)?.destination_topics() {
+        if !topics.contains(&t) {
+            topics.push(t);
+        }
+    }
+    Ok(topics)
+}
