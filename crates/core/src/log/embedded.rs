@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, Notify};
 
-use super::{partition_for, BatchLimits, Header, OutRecord, Position, Record, Sink, Source};
+use super::api::{partition_for, BatchLimits, Header, OutRecord, Position, Record, Sink, Source};
 use crate::{Error, Result};
 
 const POSITIONS: &str = "positions";

@@ -23,8 +23,8 @@ use rdkafka::message::{Header as KHeader, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::api::{BatchLimits, Order, OutRecord, Position, Record, Sink, Source};
 use super::merge::{Key, Merge};
-use super::{BatchLimits, Order, OutRecord, Position, Record, Sink, Source};
 use crate::config::KafkaConfig;
 use crate::{Error, Result};
 

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::{BatchLimits, Record};
+use super::api::{BatchLimits, Record};
 
 /// A topic partition.
 pub(crate) type Key = (String, i32);
