@@ -15,7 +15,8 @@
 //! - RETURN_AFTER_REDEMPTION: a partial return within 24 h of a sale that used a coupon (a full
 //!   return releases the coupon and raises nothing).
 //! - SEQUENCE_GAP: a missing `till_seq` still missing 1 h after the till synced the receipt
-//!   that revealed it, judged on `till.events` in sync (record) time (see `gaps`).
+//!   that revealed it, judged on `till.events` in sync (record) time (see
+//!   `rules::sequence_gap`).
 //! - CLOCK_DRIFT: `occurred_at` more than 10 minutes from the record timestamp on an event not
 //!   flagged offline.
 //!
@@ -46,15 +47,25 @@
 //!
 //! Parts: [`FraudGuard`] (the [`Processor`](tillbridge_core::stage::Processor), with the
 //! delivery guarantee on its docs), [`FraudGuardConfig`] and one sub-struct per rule,
-//! [`FraudGuardStats`], [`Error`] and [`ConfigError`]. Inside: `engine` (rule state and
-//! evaluation, bounded by `max_lateness`), `gaps` (SEQUENCE_GAP on `till.events`), `alert`
-//! (masking, scores, ids), `config`.
+//! [`FraudGuardStats`], [`Error`] and [`ConfigError`]. Inside: `rules`, one file per rule
+//! (`coupon_velocity`, `offline_exposure`, `override_rate`, `return_after_redemption`,
+//! `sequence_gap` on `till.events`, `clock_drift`), each owning its state, its sled sections,
+//! its evaluation and its expiry; `engine` (admission, the watermark and horizon, calling each
+//! rule per event, cool-down merging and the periodic expiry); `state` (everything remembered
+//! and its sled entries: the meta entry, the ids judged, the cool-down starts and each rule's
+//! sections); `kv` (tagged sections and the dirty keys) and `window` (sorted lists and sliding
+//! windows), shared by the rules and importing none; `alert` (masking, scores, ids); `config`;
+//! `processor` (decoding, replay protection, commits); `error`.
 
 mod alert;
 mod config;
 mod engine;
-mod gaps;
+mod error;
+mod kv;
 mod processor;
+mod rules;
+mod state;
+mod window;
 
 use tillbridge_core::config::Topics;
 
@@ -62,20 +73,8 @@ pub use config::{
     ClockDriftConfig, ConfigError, CouponVelocityConfig, FraudGuardConfig, OfflineExposureConfig,
     OverrideRateConfig, ReturnAfterRedemptionConfig, SequenceGapConfig,
 };
+pub use error::Error;
 pub use processor::{FraudGuard, FraudGuardStats};
-
-/// Errors of the fraud-guard stage. Malformed records are not errors (they are counted and
-/// skipped); these stop the stage.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Core(#[from] tillbridge_core::Error),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The stored state could not be written or read back.
-    #[error("fraud-guard state: {0}")]
-    State(String),
-}
 
 /// The topics the stage reads.
 pub fn input_topics(topics: &Topics) -> Vec<String> {

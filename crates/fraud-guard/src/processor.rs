@@ -1,4 +1,5 @@
-//! [`FraudGuard`]: decoding, replay protection, persistence; the rules live in `engine`.
+//! [`FraudGuard`]: decoding, replay protection, persistence; the rules live in `rules`, run by
+//! `engine`, their state in `state`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -12,8 +13,9 @@ use tillbridge_proto::pb;
 
 use crate::alert::{CodeMasker, Rule};
 use crate::config::FraudGuardConfig;
-use crate::engine::{Admission, Engine, State};
-use crate::Error;
+use crate::engine::{Admission, Engine};
+use crate::error::Error;
+use crate::state::State;
 
 /// Layout version of the state; a store of another layout is rebuilt from the topics.
 const STATE_FORMAT: &str = "fraud-guard-v4";
@@ -268,11 +270,15 @@ impl Processor for FraudGuard {
         let dirty = std::mem::take(&mut self.engine.dirty);
         let state = &self.engine.state;
         let small = state.small_kv().map_err(state_err)?;
-        // Sequence state of tills no longer kept (small entries, compared in full).
+        // Entries written in full that are no longer kept (small sections, compared in full).
+        let in_full = state.tags_in_full();
         let gone: Vec<Vec<u8>> = self
             .persisted
             .keys()
-            .filter(|k| k.first() == Some(&b'g') && !small.iter().any(|(s, _)| s == *k))
+            .filter(|k| {
+                k.first().is_some_and(|t| in_full.contains(t))
+                    && !small.iter().any(|(s, _)| s == *k)
+            })
             .cloned()
             .collect();
         let changed = dirty

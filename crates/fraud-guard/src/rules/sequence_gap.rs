@@ -17,6 +17,11 @@
 //!
 //! Every input of that decision is a record of one partition, read in offset order, so the alert
 //! (id and content) is the same live, as a backlog, after a replay and for any batch size.
+//!
+//! State: per till its highest `till_seq` and the starts of its alerts (section `g`), the newest
+//! record time read per partition and the open gaps (both in the meta entry, see `state`). It
+//! is bounded by the number of tills and the gaps open at once, not by the horizon, and it
+//! marks nothing dirty: it is small and written in full at every commit.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +33,10 @@ use uuid::Uuid;
 use crate::alert::{excess_pct, fmt_dur, fmt_ms, MAX_EVIDENCE_IDS};
 use crate::alert::{Rule, Trigger};
 use crate::config::SequenceGapConfig;
+use crate::kv::{Keyed, Section, Sections};
+use crate::window::ms_of;
+
+const TAG_GAP_TILL: u8 = b'g';
 
 /// Most cool-down window starts remembered per till.
 const MAX_ALERT_STARTS_PER_TILL: usize = 32;
@@ -57,17 +66,23 @@ pub(crate) struct GapTill {
 }
 
 /// The rule's state: bounded by the number of tills and the gaps open at once.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct GapState {
-    /// Newest record time read, per `till.events` partition.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct SequenceGap {
+    /// Newest record time read, per `till.events` partition (kept in the meta entry).
     pub(crate) read_ms: BTreeMap<i32, i64>,
-    pub(crate) tills: BTreeMap<String, GapTill>,
-    /// Sorted by `due_record_ms`.
+    tills: Keyed<TAG_GAP_TILL, GapTill>,
+    /// Sorted by `due_record_ms` (kept in the meta entry).
     pub(crate) open: Vec<OpenGap>,
 }
 
-impl GapState {
-    pub(crate) fn entries(&self) -> usize {
+impl Sections for SequenceGap {
+    fn sections(&self) -> Vec<&dyn Section> {
+        vec![&self.tills]
+    }
+    fn sections_mut(&mut self) -> Vec<&mut dyn Section> {
+        vec![&mut self.tills]
+    }
+    fn entries(&self) -> usize {
         self.read_ms.len()
             + self
                 .tills
@@ -75,6 +90,9 @@ impl GapState {
                 .map(|t| 1 + t.alerted.len())
                 .sum::<usize>()
             + self.open.iter().map(|g| 1 + g.missing.len()).sum::<usize>()
+    }
+    fn written_in_full(&self) -> bool {
+        true
     }
 }
 
@@ -107,31 +125,33 @@ fn seen(ev: &pb::TillEvent) -> Option<Seen> {
     })
 }
 
-/// Applies one `till.events` record (in its partition's offset order), with its event when it
-/// decodes, and returns the gaps it makes due, already past the cool-down, and how many were
-/// merged into an earlier alert.
-pub(crate) fn apply(
-    state: &mut GapState,
-    cfg: &SequenceGapConfig,
-    cooldown_ms: i64,
-    rec: &Record,
-    ev: Option<&pb::TillEvent>,
-) -> (Vec<Trigger>, u64) {
-    let Some(ts) = rec.timestamp_ms else {
-        return (Vec::new(), 0);
-    };
-    let open_for = i64::try_from(cfg.open_for.as_millis()).unwrap_or(i64::MAX);
-    let read = state.read_ms.entry(rec.partition).or_insert(ts);
-    *read = (*read).max(ts);
-    let read = *read;
-    if let Some(s) = ev.and_then(seen) {
-        track(state, cfg, open_for, rec.partition, ts, s);
+impl SequenceGap {
+    /// Applies one `till.events` record (in its partition's offset order), with its event when
+    /// it decodes, and returns the gaps it makes due, already past the cool-down, and how many
+    /// were merged into an earlier alert.
+    pub(crate) fn on_record(
+        &mut self,
+        cfg: &SequenceGapConfig,
+        cooldown_ms: i64,
+        rec: &Record,
+        ev: Option<&pb::TillEvent>,
+    ) -> (Vec<Trigger>, u64) {
+        let Some(ts) = rec.timestamp_ms else {
+            return (Vec::new(), 0);
+        };
+        let open_for = ms_of(cfg.open_for);
+        let read = self.read_ms.entry(rec.partition).or_insert(ts);
+        *read = (*read).max(ts);
+        let read = *read;
+        if let Some(s) = ev.and_then(seen) {
+            track(self, cfg, open_for, rec.partition, ts, s);
+        }
+        judge(self, open_for, cooldown_ms, rec.partition, read)
     }
-    judge(state, open_for, cooldown_ms, rec.partition, read)
 }
 
 fn track(
-    state: &mut GapState,
+    state: &mut SequenceGap,
     cfg: &SequenceGapConfig,
     open_for: i64,
     partition: i32,
@@ -182,7 +202,7 @@ fn track(
 }
 
 fn judge(
-    state: &mut GapState,
+    state: &mut SequenceGap,
     open_for: i64,
     cooldown_ms: i64,
     partition: i32,
