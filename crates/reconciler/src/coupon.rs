@@ -26,8 +26,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use tillbridge_core::domain::CouponDefinition;
 
-use crate::model::TimelineEntry;
-use crate::model::{Case, CouponState, Frozen, Reason, Redemption, Release, SubjectType};
+use crate::model::{
+    add_exposure, Case, CouponState, Desired, Evaluation, Frozen, OrderKey, Reason, Redemption,
+    Release, SubjectType, TimelineEntry,
+};
 
 /// What the ledger says about one redemption.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,25 +47,6 @@ impl Verdict {
             Verdict::Violation(r) => r.as_str(),
         }
     }
-}
-
-/// A compensation the current ledger calls for, keyed elsewhere by the fact it acts on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Desired {
-    pub(crate) reason: Reason,
-    pub(crate) exposure_minor: i64,
-    pub(crate) currency: String,
-    pub(crate) points: i64,
-    pub(crate) event_ids: Vec<String>,
-    /// When the newest fact the decision rests on synced: a function of the facts named, so
-    /// the same action carries the same time in every run.
-    pub(crate) decided_at: DateTime<Utc>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Evaluation {
-    pub(crate) desired: BTreeMap<String, Desired>,
-    pub(crate) case: Option<Case>,
 }
 
 fn outside(def: &CouponDefinition, at: DateTime<Utc>) -> bool {
@@ -323,15 +306,12 @@ fn build_case(
     for r in order {
         if let Some(Verdict::Violation(reason)) = verdicts.get(r.id.as_str()) {
             reasons.insert(*reason);
-            {
-                let t = exposure.entry(r.currency.clone()).or_default();
-                *t = t.saturating_add(r.discount_minor);
-            }
+            add_exposure(&mut exposure, &r.currency, r.discount_minor);
             flagged.push((r, *reason));
         }
     }
     let kind = *reasons.first()?;
-    let mut timeline: Vec<(crate::model::OrderKey<'_>, TimelineEntry)> = Vec::new();
+    let mut timeline: Vec<(OrderKey<'_>, TimelineEntry)> = Vec::new();
     for r in order {
         let v = verdicts
             .get(r.id.as_str())

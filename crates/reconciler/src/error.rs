@@ -1,3 +1,5 @@
+//! The error type of the reconciler.
+
 use std::path::PathBuf;
 
 /// Errors of the reconciler.
@@ -25,4 +27,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// A stored value (or a report) that could not be read or written: `what` names its kind.
+    pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> Error {
+        Error::Corrupt {
+            what,
+            detail: detail.to_string(),
+        }
+    }
 }

@@ -19,17 +19,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::coupon::Desired;
-use crate::model::TimelineEntry;
 use crate::model::{
-    final_before, is_final, Case, LoyaltyEntry, LoyaltyKind, ProfileState, Reason, SubjectType,
+    final_before, is_final, Case, Desired, Evaluation, LoyaltyEntry, LoyaltyKind, ProfileState,
+    Reason, SubjectType, TimelineEntry,
 };
-
-#[derive(Debug)]
-pub(crate) struct Evaluation {
-    pub(crate) desired: BTreeMap<String, Desired>,
-    pub(crate) case: Option<Case>,
-}
 
 /// Points of `earned` rolled back once `refunded` of `total` is refunded, rounded down.
 fn pro_rata(earned: i64, refunded: i64, total: i64) -> i64 {

@@ -1,5 +1,6 @@
 //! The reconciler's persisted state: one entry per coupon, per profile and per open case, stored
 //! as JSON in sled. Facts are kept by their id, so a duplicate delivery overwrites nothing.
+//! Also what judging a ledger gives ([`Evaluation`]), shared by the coupon and loyalty ledgers.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -83,25 +84,6 @@ pub(crate) struct Redemption {
     pub(crate) synced_at: Option<DateTime<Utc>>,
 }
 
-impl Redemption {
-    /// The sync time, or the event time for a record without a timestamp.
-    pub(crate) fn synced(&self) -> DateTime<Utc> {
-        self.synced_at.unwrap_or(self.occurred_at)
-    }
-
-    pub(crate) fn key(&self) -> OrderKey<'_> {
-        OrderKey {
-            at: self.occurred_at,
-            store: &self.store_id,
-            till: &self.till_id,
-            seq: self.till_seq,
-            event: &self.event_id,
-            index: self.index,
-            id: &self.id,
-        }
-    }
-}
-
 /// The session that redeemed a coupon was cancelled or fully returned (`RELEASED`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Release {
@@ -120,24 +102,33 @@ pub(crate) struct Release {
     pub(crate) synced_at: Option<DateTime<Utc>>,
 }
 
-impl Release {
-    /// The sync time, or the event time for a record without a timestamp.
-    pub(crate) fn synced(&self) -> DateTime<Utc> {
-        self.synced_at.unwrap_or(self.occurred_at)
-    }
+/// The sync time and ledger order of a coupon fact (a redemption or a release): both read the
+/// same fields of either.
+macro_rules! coupon_fact {
+    ($fact:ty) => {
+        impl $fact {
+            /// The sync time, or the event time for a record without a timestamp.
+            pub(crate) fn synced(&self) -> DateTime<Utc> {
+                self.synced_at.unwrap_or(self.occurred_at)
+            }
 
-    pub(crate) fn key(&self) -> OrderKey<'_> {
-        OrderKey {
-            at: self.occurred_at,
-            store: &self.store_id,
-            till: &self.till_id,
-            seq: self.till_seq,
-            event: &self.event_id,
-            index: self.index,
-            id: &self.id,
+            pub(crate) fn key(&self) -> OrderKey<'_> {
+                OrderKey {
+                    at: self.occurred_at,
+                    store: &self.store_id,
+                    till: &self.till_id,
+                    seq: self.till_seq,
+                    event: &self.event_id,
+                    index: self.index,
+                    id: &self.id,
+                }
+            }
         }
-    }
+    };
 }
+
+coupon_fact!(Redemption);
+coupon_fact!(Release);
 
 /// A limit decision taken when a redemption became final (see `coupon`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +137,27 @@ pub(crate) enum Frozen {
     Stands,
     OverLimit,
     PerProfileLimit,
+}
+
+/// A compensation the current ledger calls for, keyed elsewhere by the fact it acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Desired {
+    pub(crate) reason: Reason,
+    pub(crate) exposure_minor: i64,
+    pub(crate) currency: String,
+    pub(crate) points: i64,
+    pub(crate) event_ids: Vec<String>,
+    /// When the newest fact the decision rests on synced: a function of the facts named, so
+    /// the same action carries the same time in every run.
+    pub(crate) decided_at: DateTime<Utc>,
+}
+
+/// What judging a ledger (coupon or profile) gives: the compensations due, by the fact they act
+/// on, and the case, if there is one.
+#[derive(Debug)]
+pub(crate) struct Evaluation {
+    pub(crate) desired: BTreeMap<String, Desired>,
+    pub(crate) case: Option<Case>,
 }
 
 /// A compensation that was emitted and not retracted.
@@ -311,6 +323,12 @@ pub(crate) fn final_before(
 
 pub(crate) fn is_final(at: DateTime<Utc>, threshold: Option<DateTime<Utc>>) -> bool {
     threshold.is_some_and(|t| at.cmp(&t) == Ordering::Less)
+}
+
+/// Adds `minor` units of `currency` to an exposure, saturating.
+pub(crate) fn add_exposure(exposure: &mut BTreeMap<String, i64>, currency: &str, minor: i64) {
+    let t = exposure.entry(currency.to_owned()).or_default();
+    *t = t.saturating_add(minor);
 }
 
 /// One fact in a case's timeline.
