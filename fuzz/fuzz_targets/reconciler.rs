@@ -5,9 +5,9 @@
 use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
-use tillbridge_core::config::{ReconcilerConfig, Topics};
+use tillbridge_core::config::Topics;
 use tillbridge_fuzz::Driven;
-use tillbridge_reconciler::Reconciler;
+use tillbridge_reconciler::{Reconciler, ReconcilerConfig};
 
 static STAGE: Mutex<Option<Driven<Reconciler>>> = Mutex::new(None);
 
@@ -16,11 +16,9 @@ fuzz_target!(|data: &[u8]| {
     let mut lock = STAGE.lock().unwrap_or_else(|e| e.into_inner());
     let stage = lock.get_or_insert_with(|| {
         Driven::new(|dir| {
-            let cfg = ReconcilerConfig {
-                report_key: "fuzz-key".into(),
-                ..ReconcilerConfig::default()
-            };
-            Reconciler::open(&dir.join("reconciler"), &topics, &cfg).expect("open reconciler")
+            let cfg = ReconcilerConfig::default();
+            Reconciler::open(&dir.join("reconciler"), &topics, &cfg, "fuzz-key")
+                .expect("open reconciler")
         })
     });
     let inputs = Reconciler::input_topics(&topics);

@@ -14,7 +14,7 @@ use tillbridge_proto::pb;
 use tokio_util::sync::CancellationToken;
 
 /// The key of report fingerprints in every variant.
-pub const REPORT_KEY: &str = "determinism-key";
+pub const FINGERPRINT_KEY: &str = "determinism-key";
 
 pub const SEED: u64 = 11;
 /// 2026-11-02T08:00:00Z, the simulator's day.
@@ -228,7 +228,7 @@ pub fn config(dir: &Path, batch_size: usize) -> Config {
     let mut config = Config::default();
     config.embedded.path = dir.join("log");
     config.state.dir = dir.join("state");
-    config.reconciler.report_key = REPORT_KEY.into();
+    config.fingerprint.key = FINGERPRINT_KEY.into();
     config.ingest.batch_size = batch_size;
     config
 }

@@ -20,7 +20,11 @@ fn the_example_config_loads_and_matches_the_defaults() {
     let defaults = Config::default();
     assert_eq!(config.topics, defaults.topics);
     assert_eq!(config.ingest, defaults.ingest);
-    assert_eq!(config.reconciler, defaults.reconciler);
+    assert_eq!(
+        tillbridge::reconciler_config(&config).unwrap(),
+        tillbridge_reconciler::ReconcilerConfig::default()
+    );
+    assert_eq!(config.fingerprint, defaults.fingerprint);
     assert_eq!(config.kafka.unwrap().bootstrap_servers, "127.0.0.1:9092");
 }
 
@@ -37,6 +41,11 @@ fn typos_in_any_section_are_start_up_errors() {
         ("weight = 20", "weight = 200"),
         ("delivery_timeout = \"30s\"", "delivery_timeout = \"soon\""),
         ("quarantine = \"quarantine\"", "quarantine = \"nowhere\""),
+        (
+            "review_only = [\"UNKNOWN_COUPON\"]",
+            "review_only = [\"UNKNOWN\"]",
+        ),
+        ("settlement_horizon", "settlement_horizn"),
     ] {
         assert!(text.contains(from), "{from}");
         let f = dir.path().join("c.toml");
@@ -45,7 +54,9 @@ fn typos_in_any_section_are_start_up_errors() {
         let failed = match loaded {
             Err(_) => true,
             Ok(c) => {
-                tillbridge::fraud_guard_config(&c).is_err() || tillbridge::router_rules(&c).is_err()
+                tillbridge::fraud_guard_config(&c).is_err()
+                    || tillbridge::router_rules(&c).is_err()
+                    || tillbridge::reconciler_config(&c).is_err()
             }
         };
         assert!(failed, "{to} was accepted");
@@ -128,6 +139,7 @@ fn every_command_checks_every_section() {
             "[fraud_guard]",
         ),
         ("[router]\nquarantine_topic = \"x\"\n", "[router]"),
+        ("[reconciler]\nreview_onyl = []\n", "[reconciler]"),
     ] {
         for args in [
             &["report", "--out", "r"][..],
@@ -141,19 +153,39 @@ fn every_command_checks_every_section() {
 }
 
 #[test]
-fn the_default_report_key_is_refused_on_a_kafka_cluster() {
+fn the_default_fingerprint_key_is_refused_on_a_kafka_cluster() {
     let kafka = "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n";
     let (ok, err) = tillbridge_with(kafka, &["report", "--out", "r"], &[]);
     assert!(!ok);
-    assert!(err.contains("report_key"), "{err}");
+    assert!(err.contains("fingerprint.key"), "{err}");
     // With a key of its own the configuration passes (the report then finds no state).
     let (_, err) = tillbridge_with(
         kafka,
         &["report", "--out", "r"],
-        &[("TILLBRIDGE_RECONCILER__REPORT_KEY", "a-secret-of-ours")],
+        &[("TILLBRIDGE_FINGERPRINT__KEY", "a-secret-of-ours")],
     );
-    assert!(!err.contains("report_key"), "{err}");
+    assert!(!err.contains("fingerprint.key"), "{err}");
     // The embedded log accepts the default, for a first look.
     let (_, err) = tillbridge_with("", &["report", "--out", "r"], &[]);
-    assert!(!err.contains("report_key"), "{err}");
+    assert!(!err.contains("fingerprint.key"), "{err}");
+}
+
+#[test]
+fn the_former_report_key_is_read_with_a_warning_and_both_keys_are_refused() {
+    let kafka = "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n";
+    let old = format!("{kafka}[reconciler]\nreport_key = \"an-old-secret\"\n");
+    let (_, err) = tillbridge_with(&old, &["report", "--out", "r"], &[]);
+    assert!(err.contains("deprecated"), "{err}");
+    assert!(!err.contains("fingerprint.key is"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, &old).unwrap();
+    let config = Config::load(Some(&f)).unwrap();
+    assert_eq!(
+        tillbridge::fingerprint_key(&config).unwrap(),
+        "an-old-secret"
+    );
+    let both = format!("{old}[fingerprint]\nkey = \"a-new-secret\"\n");
+    let (ok, err) = tillbridge_with(&both, &["report", "--out", "r"], &[]);
+    assert!(!ok && err.contains("both"), "{err}");
 }

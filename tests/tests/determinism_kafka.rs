@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use kit::same_answers::{backlog, in_sync_order, records, wipe, Outcome, REPORT_KEY};
+use kit::same_answers::{backlog, in_sync_order, records, wipe, Outcome, FINGERPRINT_KEY};
 use tillbridge::{Stages, Transport};
 use tillbridge_core::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +63,7 @@ async fn backlog_on_kafka(broker: &str, reference: std::sync::Arc<Outcome>) {
     let broker = broker.to_owned();
     let state = tempfile::tempdir().unwrap();
     let mut config = kit::config(&broker, state.path()).await;
-    config.reconciler.report_key = REPORT_KEY.into();
+    config.fingerprint.key = FINGERPRINT_KEY.into();
     kit::produce_records(&broker, in_sync_order(records(&config))).await;
     let (b, c, r) = (broker.clone(), config.clone(), reference.clone());
     kit::run_until(&config, Stages::ALL, move || {
@@ -87,7 +87,7 @@ async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wip
 
     let state = tempfile::tempdir().unwrap();
     let mut config = kit::config(&broker, state.path()).await;
-    config.reconciler.report_key = REPORT_KEY.into();
+    config.fingerprint.key = FINGERPRINT_KEY.into();
     let recs = in_sync_order(records(&config));
     let total_events = recs
         .iter()

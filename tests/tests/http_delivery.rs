@@ -285,7 +285,7 @@ fn spawn(
     let mut http = http_config(core);
     http.headers.insert("x-sender-run".into(), run.to_string());
     config.delivery = serde_json::to_value(&http).unwrap();
-    config.reconciler.report_key = "http-delivery-key".into();
+    config.fingerprint.key = "http-delivery-key".into();
     config.kafka.as_mut().unwrap().instance_id = Some("sigkill".into());
     if crash_at.is_some() {
         config.ingest.batch_size = 10;

@@ -212,7 +212,7 @@ async fn no_event_is_lost_across_sigkills() {
     let producer = kit::producer(&broker);
     kit::produce_sent(&producer, &config.topics.till_events, &sent).await;
     let mut child_config = config.clone();
-    child_config.reconciler.report_key = "ingest-guarantees-key".into();
+    child_config.fingerprint.key = "ingest-guarantees-key".into();
     let kafka = child_config.kafka.as_mut().unwrap();
     kafka.fetch_wait_max_ms = 10;
     kafka.instance_id = Some("crash-test".into());

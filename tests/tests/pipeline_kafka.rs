@@ -67,7 +67,7 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
     // The same fleet through Kafka.
     let state = tempfile::tempdir().unwrap();
     let mut config = kit::config(&broker, state.path()).await;
-    config.reconciler.report_key = format!("demo-key-{SEED}");
+    config.fingerprint.key = format!("demo-key-{SEED}");
     let fleet = tillbridge::sim::fleet(
         SEED,
         &config.topics.till_events,

@@ -29,7 +29,7 @@ async fn damaged_state_is_rebuilt_from_the_log() {
     let mut config = Config::default();
     config.embedded.path = out.path().join("data/log");
     config.state.dir = out.path().join("data/state");
-    config.reconciler.report_key = "demo-key-5".into();
+    config.fingerprint.key = "demo-key-5".into();
     for stage in ["reconciler", "fraud-guard", "ingest"] {
         damage(&config.state.dir.join(stage));
     }
@@ -104,7 +104,7 @@ async fn a_wiped_reconciler_learns_what_it_emitted_and_emits_only_the_difference
     let mut config = Config::default();
     config.embedded.path = out.path().join("data/log");
     config.state.dir = out.path().join("data/state");
-    config.reconciler.report_key = "demo-key-5".into();
+    config.fingerprint.key = "demo-key-5".into();
     let topic = config.topics.compensations.clone();
     let (records_before, outstanding_before) = {
         let log = tillbridge_core::log::EmbeddedLog::open(&config.embedded.path, 4).unwrap();

@@ -26,8 +26,10 @@ pub struct Config {
     pub state: StateConfig,
     /// The ingest stage.
     pub ingest: IngestConfig,
-    /// The reconciler stage.
-    pub reconciler: ReconcilerConfig,
+    /// The key of coupon-code fingerprints, shared by every stage.
+    pub fingerprint: FingerprintConfig,
+    /// The reconciler stage. Checked strictly by the reconciler crate, which owns its type.
+    pub reconciler: serde_json::Value,
     /// The fraud-guard rules. Checked strictly (unknown keys are errors) by the fraud-guard
     /// crate, which owns their types.
     pub fraud_guard: serde_json::Value,
@@ -222,36 +224,23 @@ impl Default for IngestConfig {
     }
 }
 
-/// The reconciler stage.
+/// The key of the HMAC that fingerprints coupon codes wherever one is shown or kept in place
+/// of the code: report case ids and subjects, fraud alerts' subjects. One key for every stage, so
+/// an analyst can match a case with the alerts about the same coupon.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct ReconcilerConfig {
-    /// A redemption older than this behind the newest event time of its coupon is final.
-    #[serde(with = "humantime_serde")]
-    pub settlement_horizon: Duration,
-    /// Key of the HMAC that fingerprints coupon codes in reports.
-    pub report_key: String,
-    /// Policy: violations of these reasons get a REVIEW_ONLY action for an analyst instead of an
-    /// automatic reversal or clawback. An unknown coupon is always review only.
-    pub review_only: Vec<String>,
+pub struct FingerprintConfig {
+    /// The secret. The default is public and is refused when a Kafka cluster is configured.
+    pub key: String,
 }
 
-/// The reasons a reconciler case can have.
-pub const CASE_REASONS: [&str; 6] = [
-    "OVER_LIMIT",
-    "PER_PROFILE_LIMIT",
-    "OUTSIDE_VALIDITY",
-    "OFFLINE_NOT_ALLOWED",
-    "UNKNOWN_COUPON",
-    "POINTS_DEFICIT",
-];
+/// The default fingerprint key: fine for a first look on the embedded log, refused on Kafka.
+pub const DEFAULT_FINGERPRINT_KEY: &str = "change-me";
 
-impl Default for ReconcilerConfig {
+impl Default for FingerprintConfig {
     fn default() -> Self {
-        ReconcilerConfig {
-            settlement_horizon: Duration::from_secs(72 * 3600),
-            report_key: "change-me".into(),
-            review_only: vec!["UNKNOWN_COUPON".into()],
+        FingerprintConfig {
+            key: DEFAULT_FINGERPRINT_KEY.into(),
         }
     }
 }
@@ -304,14 +293,6 @@ impl Config {
             return Err(Error::Config(
                 "ingest.max_payload_bytes must be positive".into(),
             ));
-        }
-        for r in &self.reconciler.review_only {
-            if !CASE_REASONS.contains(&r.as_str()) {
-                return Err(Error::Config(format!(
-                    "reconciler.review_only: unknown reason {r:?} (one of {})",
-                    CASE_REASONS.join(", ")
-                )));
-            }
         }
         if let Some(k) = &self.kafka {
             if k.bootstrap_servers.trim().is_empty() {

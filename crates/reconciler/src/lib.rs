@@ -15,6 +15,7 @@
 //! - [`report()`] and [`Report`]: JSON, CSV and self-contained HTML for fraud analysts.
 //!
 //! Files, each importing only files listed before it:
+//! - `config.rs`: [`ReconcilerConfig`], the `[reconciler]` section, and [`CASE_REASONS`].
 //! - `error.rs`: [`Error`].
 //! - `model.rs`: the persisted state (facts, ledgers, compensations, cases with their
 //!   [`TimelineEntry`]s) and what judging a ledger gives (`Desired`, `Evaluation`).
@@ -61,6 +62,7 @@
 //! Coupon codes are bearer secrets: outputs carry a masked code, reports a masked code and a
 //! keyed fingerprint, logs neither. The codes live only in the state store and as record keys.
 
+mod config;
 mod coupon;
 mod error;
 mod input;
@@ -71,6 +73,7 @@ mod report;
 mod settle;
 mod state;
 
+pub use config::{ReconcilerConfig, CASE_REASONS};
 pub use error::Error;
 pub use model::TimelineEntry;
 pub use processor::{input_topics, Reconciler};

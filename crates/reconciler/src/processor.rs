@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use tillbridge_core::config::{ReconcilerConfig, Topics};
+use tillbridge_core::config::Topics;
 use tillbridge_core::log::{OutRecord, Record};
 use tillbridge_core::stage::Processor;
 
+use crate::config::ReconcilerConfig;
 use crate::error::Error;
 use crate::input::{self, Malformed};
 use crate::model::{CouponState, ProfileState};
@@ -49,13 +50,15 @@ pub fn input_topics(topics: &Topics) -> Vec<String> {
 }
 
 impl Reconciler {
-    /// Opens (or creates) the reconciler's state in `state_dir`.
+    /// Opens (or creates) the reconciler's state in `state_dir`; coupon cases are named by
+    /// fingerprints made with `fingerprint_key` (`[fingerprint] key`).
     pub fn open(
         state_dir: &Path,
         topics: &Topics,
         cfg: &ReconcilerConfig,
+        fingerprint_key: &str,
     ) -> Result<Reconciler, Error> {
-        let settler = Settler::new(topics, cfg)?;
+        let settler = Settler::new(topics, cfg, fingerprint_key)?;
         Ok(Reconciler {
             state: State::open(state_dir)?,
             topics: topics.clone(),

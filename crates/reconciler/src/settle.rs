@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
-use tillbridge_core::config::{ReconcilerConfig, Topics};
+use tillbridge_core::config::Topics;
+
+use crate::config::ReconcilerConfig;
 use tillbridge_core::ids;
 use tillbridge_core::log::{OutRecord, Record};
 use tillbridge_proto::pb;
@@ -32,8 +34,8 @@ fn meaning(case_id: &str, fact_id: &str, d: &Desired) -> String {
 
 /// The case id of a coupon: derived from its keyed fingerprint, so the id does not give the code
 /// away to anyone who can guess codes.
-fn coupon_case_id(report_key: &str, code: &str) -> String {
-    let fp = tillbridge_core::domain::code::fingerprint(report_key.as_bytes(), code);
+fn coupon_case_id(fingerprint_key: &str, code: &str) -> String {
+    let fp = tillbridge_core::domain::code::fingerprint(fingerprint_key.as_bytes(), code);
     ids::derive(&format!("coupon/{fp}"), "case", 0).to_string()
 }
 
@@ -119,7 +121,8 @@ pub(crate) struct Settler {
     /// The topic the compensations go to.
     compensations: String,
     pub(crate) horizon: chrono::Duration,
-    report_key: String,
+    /// The key of coupon-code fingerprints (case ids).
+    fingerprint_key: String,
     /// Reasons answered with REVIEW_ONLY instead of an automatic action (policy).
     review_only: BTreeSet<String>,
     /// What the compensations topic says was emitted before (read by a restore).
@@ -127,14 +130,18 @@ pub(crate) struct Settler {
 }
 
 impl Settler {
-    pub(crate) fn new(topics: &Topics, cfg: &ReconcilerConfig) -> Result<Settler, Error> {
+    pub(crate) fn new(
+        topics: &Topics,
+        cfg: &ReconcilerConfig,
+        fingerprint_key: &str,
+    ) -> Result<Settler, Error> {
         let horizon = chrono::Duration::from_std(cfg.settlement_horizon).map_err(|_| {
             tillbridge_core::Error::Config("reconciler.settlement_horizon is too large".into())
         })?;
         Ok(Settler {
             compensations: topics.compensations.clone(),
             horizon,
-            report_key: cfg.report_key.clone(),
+            fingerprint_key: fingerprint_key.to_owned(),
             review_only: cfg.review_only.iter().cloned().collect(),
             learned: Learned::default(),
         })
@@ -285,7 +292,7 @@ impl Settler {
         out: &mut Vec<OutRecord>,
     ) -> Result<(), Error> {
         for (code, mut st) in coupons {
-            let case_id = coupon_case_id(&self.report_key, &code);
+            let case_id = coupon_case_id(&self.fingerprint_key, &code);
             let eval = coupon::evaluate(&st, self.horizon, &case_id);
             let name = tillbridge_core::domain::code::mask(&code);
             let s = Subject {

@@ -35,7 +35,7 @@ fn scenario() -> Harness {
 fn the_same_state_gives_byte_identical_reports() {
     let mut h = scenario();
     let a = h.close_and_report();
-    let b = tillbridge_reconciler::report(&h.state_dir(), &h.cfg).expect("report");
+    let b = tillbridge_reconciler::report(&h.state_dir(), &h.cfg, common::KEY).expect("report");
     assert_eq!(a.to_json().expect("json"), b.to_json().expect("json"));
     assert_eq!(a.to_csv(), b.to_csv());
 
@@ -90,6 +90,6 @@ fn the_same_state_gives_byte_identical_reports() {
 #[test]
 fn report_without_state_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = tillbridge_reconciler::report(&dir.path().join("missing"), &cfg());
+    let err = tillbridge_reconciler::report(&dir.path().join("missing"), &cfg(), common::KEY);
     assert!(matches!(err, Err(tillbridge_reconciler::Error::NoState(_))));
 }

@@ -90,7 +90,7 @@ fn a_wiped_state_rebuilt_from_the_topics_gives_the_same_report() {
 
 #[test]
 fn policy_can_make_a_reason_review_only() {
-    let mut h = Harness::with_cfg(tillbridge_core::config::ReconcilerConfig {
+    let mut h = Harness::with_cfg(tillbridge_reconciler::ReconcilerConfig {
         review_only: vec!["OVER_LIMIT".into()],
         ..cfg()
     });

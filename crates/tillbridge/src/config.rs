@@ -3,10 +3,9 @@
 
 use anyhow::Context;
 use tillbridge_core::config::Config;
+use tillbridge_core::config::DEFAULT_FINGERPRINT_KEY;
 use tillbridge_fraud_guard::FraudGuardConfig;
-
-/// The default HMAC key of fingerprints, refused on a Kafka cluster.
-pub const DEFAULT_REPORT_KEY: &str = "change-me";
+use tillbridge_reconciler::ReconcilerConfig;
 
 /// Loads the configuration (see [`Config::load`]) and checks every section, whatever the command
 /// and the stages it runs: a typo under `[fraud_guard]` or `[router]` is an error for `report`
@@ -15,17 +14,52 @@ pub const DEFAULT_REPORT_KEY: &str = "change-me";
 pub fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
     let config = Config::load(file)?;
     fraud_guard_config(&config)?;
+    reconciler_config(&config)?;
     router_rules(&config)?;
     delivery_config(&config)?;
-    let key = config.reconciler.report_key.trim();
-    if config.kafka.is_some() && (key.is_empty() || key == DEFAULT_REPORT_KEY) {
+    let key = fingerprint_key(&config)?;
+    let key = key.trim();
+    if config.kafka.is_some() && (key.is_empty() || key == DEFAULT_FINGERPRINT_KEY) {
         anyhow::bail!(
-            "reconciler.report_key is {}: set a secret of your own (TILLBRIDGE_RECONCILER__REPORT_KEY) \
+            "fingerprint.key is {}: set a secret of your own (TILLBRIDGE_FINGERPRINT__KEY) \
              before running against a Kafka cluster",
-            if key.is_empty() { "empty" } else { "the default" }
+            if key.is_empty() {
+                "empty"
+            } else {
+                "the default"
+            }
         );
     }
     Ok(config)
+}
+
+/// The `[reconciler]` section of `config`, checked strictly.
+pub fn reconciler_config(config: &Config) -> anyhow::Result<ReconcilerConfig> {
+    if config.reconciler.is_null() {
+        return Ok(ReconcilerConfig::default());
+    }
+    let rc: ReconcilerConfig = serde_json::from_value(config.reconciler.clone())
+        .context("invalid [reconciler] section")?;
+    rc.validate()
+        .map_err(|e| anyhow::anyhow!("invalid [reconciler] section: {e}"))?;
+    Ok(rc)
+}
+
+/// The key of coupon-code fingerprints, shared by the reconciler and fraud-guard:
+/// `[fingerprint] key`. Its former place, `reconciler.report_key`, is read with a warning; both
+/// at once is an error.
+pub fn fingerprint_key(config: &Config) -> anyhow::Result<String> {
+    let key = &config.fingerprint.key;
+    match reconciler_config(config)?.report_key {
+        None => Ok(key.clone()),
+        Some(_) if key != DEFAULT_FINGERPRINT_KEY => anyhow::bail!(
+            "both [fingerprint] key and reconciler.report_key are set: keep [fingerprint] key only"
+        ),
+        Some(old) => {
+            tracing::warn!("reconciler.report_key is deprecated: move it to [fingerprint] key");
+            Ok(old)
+        }
+    }
 }
 
 /// The fraud-guard rules of `config`, checked strictly.

@@ -90,7 +90,7 @@ pub async fn run(
     let mut config = Config::default();
     config.embedded.path = work.join("log");
     config.state.dir = work.join("state");
-    config.reconciler.report_key = format!("demo-key-{seed}");
+    config.fingerprint.key = format!("demo-key-{seed}");
     std::fs::create_dir_all(&config.embedded.path)?;
     let log = EmbeddedLog::open(&config.embedded.path, config.embedded.partitions)?;
     let transport = Transport::Embedded(log.clone());
@@ -174,8 +174,7 @@ pub async fn run(
             .or_default()
             .insert(a.subject);
     }
-    let report =
-        tillbridge_reconciler::report(&config.state.dir.join("reconciler"), &config.reconciler)?;
+    let report = crate::report::build_report(&config)?;
     summary.cases = report.summary().to_string();
     summary.report_files = report.write(out)?;
     Ok(summary)

@@ -28,11 +28,11 @@ mod tables;
 mod transport;
 
 pub use config::{
-    all_topics, delivery_config, fraud_guard_config, load_config, router_config, router_rules,
-    DEFAULT_REPORT_KEY,
+    all_topics, delivery_config, fingerprint_key, fraud_guard_config, load_config,
+    reconciler_config, router_config, router_rules,
 };
 pub use metrics::serve_metrics;
-pub use report::write_report;
+pub use report::{build_report, write_report};
 pub use run::{run, run_stage, RunSummary, Stages};
 pub use tables::preload;
 pub use transport::Transport;

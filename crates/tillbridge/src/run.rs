@@ -12,7 +12,9 @@ use tillbridge_ingest::Ingest;
 use tillbridge_reconciler::Reconciler;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{delivery_config, fraud_guard_config, router_rules};
+use crate::config::{
+    delivery_config, fingerprint_key, fraud_guard_config, reconciler_config, router_rules,
+};
 use crate::tables::{follow_store_table, restore_reconciler};
 use crate::transport::{Transport, POLL_WAIT};
 
@@ -260,7 +262,8 @@ pub async fn run(
         let mut p = Reconciler::open(
             &state.join("reconciler"),
             &config.topics,
-            &config.reconciler,
+            &reconciler_config(config)?,
+            &fingerprint_key(config)?,
         )?;
         let topics = Reconciler::input_topics(&config.topics);
         let (t, stop, all) = (transport.clone(), shutdown.clone(), config.topics.clone());
@@ -274,7 +277,7 @@ pub async fn run(
     }
     if stages.fraud_guard {
         let fg = fraud_guard_config(config)?;
-        let mut p = FraudGuard::open(&state, &config.topics, fg, &config.reconciler.report_key)?;
+        let mut p = FraudGuard::open(&state, &config.topics, fg, &fingerprint_key(config)?)?;
         let topics = tillbridge_fraud_guard::input_topics(&config.topics);
         let (t, stop) = (transport.clone(), shutdown.clone());
         tasks.spawn(async move {

@@ -21,17 +21,22 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tillbridge_core::config::ReconcilerConfig;
 use tillbridge_core::domain::code::{fingerprint, mask};
 
+use crate::config::ReconcilerConfig;
 use crate::error::Error;
 use crate::model::{add_exposure, Case, SubjectType, TimelineEntry};
 use crate::state::read_cases;
 
-/// Reads the reconciler's state in `state_dir` and builds the report. Call it while no
+/// Reads the reconciler's state in `state_dir` and builds the report, coupon codes shown as
+/// fingerprints made with `fingerprint_key`. Call it while no
 /// [`Reconciler`](crate::processor::Reconciler) has the state open (sled takes an exclusive lock).
-pub fn report(state_dir: &Path, cfg: &ReconcilerConfig) -> Result<Report, Error> {
-    Ok(Report::build(read_cases(state_dir)?, cfg))
+pub fn report(
+    state_dir: &Path,
+    cfg: &ReconcilerConfig,
+    fingerprint_key: &str,
+) -> Result<Report, Error> {
+    Ok(Report::build(read_cases(state_dir)?, cfg, fingerprint_key))
 }
 
 /// A case as the report shows it.
@@ -127,8 +132,9 @@ fn exposure_sum(e: &BTreeMap<String, i64>) -> i64 {
 }
 
 impl Report {
-    /// Builds the report from persisted cases, masking coupon codes with `report_key`.
-    fn build(cases: Vec<Case>, cfg: &ReconcilerConfig) -> Report {
+    /// Builds the report from persisted cases, coupon codes masked and fingerprinted with
+    /// `fingerprint_key`.
+    fn build(cases: Vec<Case>, cfg: &ReconcilerConfig, fingerprint_key: &str) -> Report {
         let mut totals = Totals::default();
         let mut by_store: BTreeMap<String, Bucket> = BTreeMap::new();
         let mut by_day: BTreeMap<String, Bucket> = BTreeMap::new();
@@ -137,7 +143,7 @@ impl Report {
             let (subject, fp, subject_type) = match c.subject_type {
                 SubjectType::Coupon => (
                     mask(&c.subject_key),
-                    Some(fingerprint(cfg.report_key.as_bytes(), &c.subject_key)),
+                    Some(fingerprint(fingerprint_key.as_bytes(), &c.subject_key)),
                     "COUPON",
                 ),
                 SubjectType::Profile => (c.subject_key.clone(), None, "PROFILE"),

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use prost::Message;
-use tillbridge_core::config::{ReconcilerConfig, Topics};
+use tillbridge_core::config::Topics;
 use tillbridge_core::log::{OutRecord, Record};
 use tillbridge_core::stage::Processor;
 use tillbridge_proto::pb;
 use tillbridge_reconciler::Reconciler;
+use tillbridge_reconciler::ReconcilerConfig;
 
 /// Base event time: 2024-06-01T12:00:00Z.
 pub const T0: i64 = 1_717_243_200;
@@ -24,10 +25,12 @@ pub fn at(min: i64) -> prost_types::Timestamp {
     }
 }
 
+/// The fingerprint key of every test.
+pub const KEY: &str = "test-report-key";
+
 pub fn cfg() -> ReconcilerConfig {
     ReconcilerConfig {
         settlement_horizon: Duration::from_secs(72 * 3600),
-        report_key: "test-report-key".into(),
         ..ReconcilerConfig::default()
     }
 }
@@ -208,7 +211,7 @@ impl Harness {
     pub fn with_cfg(cfg: ReconcilerConfig) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let topics = Topics::default();
-        let rec = Reconciler::open(&dir.path().join("state"), &topics, &cfg).expect("open");
+        let rec = Reconciler::open(&dir.path().join("state"), &topics, &cfg, KEY).expect("open");
         Harness {
             dir,
             topics,
@@ -337,7 +340,7 @@ impl Harness {
     /// Closes the reconciler and returns the report JSON of its state.
     pub fn close_and_report(&mut self) -> tillbridge_reconciler::Report {
         self.rec = None;
-        tillbridge_reconciler::report(&self.state_dir(), &self.cfg).expect("report")
+        tillbridge_reconciler::report(&self.state_dir(), &self.cfg, KEY).expect("report")
     }
 
     /// Wipes the state and restores it as `tillbridge run` does: learn what the compensations
@@ -345,7 +348,8 @@ impl Harness {
     pub fn wipe_and_restore(&mut self) {
         self.rec = None;
         std::fs::remove_dir_all(self.state_dir()).expect("wipe");
-        let mut rec = Reconciler::open(&self.state_dir(), &self.topics, &self.cfg).expect("open");
+        let mut rec =
+            Reconciler::open(&self.state_dir(), &self.topics, &self.cfg, KEY).expect("open");
         assert!(rec.needs_restore().expect("needs_restore"));
         let emitted: Vec<Record> = self
             .emitted
@@ -373,8 +377,9 @@ impl Harness {
 
     pub fn reopen(&mut self) {
         self.rec = None;
-        self.rec =
-            Some(Reconciler::open(&self.state_dir(), &self.topics, &self.cfg).expect("reopen"));
+        self.rec = Some(
+            Reconciler::open(&self.state_dir(), &self.topics, &self.cfg, KEY).expect("reopen"),
+        );
     }
 }
 
