@@ -88,3 +88,23 @@ pub fn output(cmd: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Sends SIGTERM to `child`, as a supervisor stops a process.
+pub fn send_sigterm(child: &Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM failed");
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit (it drains); panics unless it exits
+/// successfully.
+pub fn terminate(child: &mut Child) {
+    send_sigterm(child);
+    let status = child.wait().expect("wait for tillbridge");
+    assert!(
+        status.success(),
+        "tillbridge exited with {status} after SIGTERM"
+    );
+}

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use prost::Message;
 use tillbridge::Stages;
@@ -141,6 +142,42 @@ async fn kafka_pipeline_matches_the_embedded_run_and_rebuilds_from_the_topics() 
     assert_eq!(
         got_report, want_report,
         "Kafka and embedded runs reach the same report"
+    );
+
+    // The whole deployment's report from the topics, from another process, while a `run` holds
+    // the reconciler's state: the same report.
+    let log = state.path().join("holder.log");
+    let mut holder = kit::process::spawn_logged(
+        kit::process::with_config(&config)
+            .args(["run", "--stages", "reconciler"])
+            .env("TILLBRIDGE_LOG", "info"),
+        &log,
+    );
+    kit::await_condition(Duration::from_secs(60), {
+        let log = log.clone();
+        move || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("tables read to their end") {
+                Ok(())
+            } else {
+                Err(format!("the holder has not started:\n{text}"))
+            }
+        }
+    })
+    .await;
+    let (ok, stdout, stderr) = kit::process::output(
+        kit::process::with_config(&config)
+            .args(["report", "--from", "topics", "--out"])
+            .arg(state.path().join("from-topics")),
+    );
+    assert!(ok, "{stdout}{stderr}");
+    assert!(holder.try_wait().unwrap().is_none(), "the holder stopped");
+    // SIGTERM: the holder drains and leaves the group, which the replay below joins again.
+    kit::process::terminate(&mut holder);
+    assert_eq!(
+        std::fs::read(state.path().join("from-topics/report.json")).unwrap(),
+        want_report,
+        "the report from the topics is the report of the state"
     );
 
     // Wipe the reconciler's state and run it again in the same consumer group, whose offsets

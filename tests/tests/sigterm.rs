@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kit::same_answers::{backlog, config, finish_and_compare, in_sync_order, records};
@@ -69,11 +69,7 @@ async fn sigterm_drains_and_a_later_run_gives_the_same_answers() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    kit::process::send_sigterm(&child);
     let signalled = Instant::now();
     let status = child.wait().unwrap();
     let drain = signalled.elapsed();

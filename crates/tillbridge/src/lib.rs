@@ -32,7 +32,9 @@ pub use config::{
     reconciler_config, router_config, router_rules,
 };
 pub use metrics::serve_metrics;
-pub use report::{build_report, write_report};
+pub use report::{
+    build_report, build_report_from_topics, write_report, write_report_from, ReportFrom,
+};
 pub use run::{run, run_stage, RunSummary, Stages};
 pub use tables::preload;
 pub use transport::Transport;

@@ -64,11 +64,16 @@ enum Command {
         #[arg(long)]
         alerts: bool,
     },
-    /// Write the reconciliation report (JSON, CSV, HTML) from the reconciler's state.
+    /// Write the reconciliation report (JSON, CSV, HTML).
     Report {
         /// Output directory.
         #[arg(long, default_value = "reports")]
         out: PathBuf,
+        /// What the report is built from: `topics` (the default with [kafka]: the whole
+        /// deployment's report, while `run` is up, from any machine) or `state` (this
+        /// process's reconciler state; the default on the embedded log).
+        #[arg(long, value_enum)]
+        from: Option<tillbridge::ReportFrom>,
     },
     /// Create every topic on the configured Kafka cluster.
     CreateTopics {
@@ -145,8 +150,13 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Report { out } => {
-            let files = tillbridge::write_report(&config, &out)?;
+        Command::Report { out, from } => {
+            let from = from.unwrap_or(if config.kafka.is_some() {
+                tillbridge::ReportFrom::Topics
+            } else {
+                tillbridge::ReportFrom::State
+            });
+            let files = tillbridge::write_report_from(&config, &out, from, &shutdown).await?;
             for f in files {
                 println!("wrote {}", f.display());
             }

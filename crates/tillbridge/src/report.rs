@@ -1,18 +1,60 @@
-//! `tillbridge report`.
+//! `tillbridge report`: the reconciliation report, from this process's reconciler state or, for
+//! the whole deployment, rebuilt from the topics.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tillbridge_core::config::Config;
-use tillbridge_reconciler::Report;
+use tillbridge_reconciler::{Reconciler, Report};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{fingerprint_key, reconciler_config};
+use crate::tables::replay_reconciler;
+use crate::transport::{limits, Transport};
+
+/// Where a report is built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFrom {
+    /// The reconciler state under `state.dir`: what this process has seen; it cannot be read
+    /// while a `run` holds it.
+    State,
+    /// The topics: the reconciler's inputs and compensations replayed into a scratch state, from
+    /// any machine that reaches the cluster, while `run` is up. On a cluster this is the whole
+    /// deployment's report, whichever instance owns which partitions.
+    Topics,
+}
 
 /// The reconciliation report from the reconciler's state.
 pub fn build_report(config: &Config) -> anyhow::Result<Report> {
     Ok(tillbridge_reconciler::report(
         &config.state.dir.join("reconciler"),
-        &crate::config::reconciler_config(config)?,
-        &crate::config::fingerprint_key(config)?,
+        &reconciler_config(config)?,
+        &fingerprint_key(config)?,
     )?)
+}
+
+/// The reconciliation report rebuilt from the topics (see [`ReportFrom::Topics`]): the same
+/// report a reconciler that read every partition to the topics' current end would give.
+pub async fn build_report_from_topics(
+    config: &Config,
+    transport: &Transport,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Report> {
+    // Created 0700: the scratch state holds coupon codes. Removed on drop.
+    let scratch = tempfile::Builder::new()
+        .prefix("tillbridge-report-")
+        .tempdir()
+        .context("creating a scratch directory for the report")?;
+    let dir = scratch.path().join("reconciler");
+    let (cfg, key) = (reconciler_config(config)?, fingerprint_key(config)?);
+    {
+        let mut p = Reconciler::open(&dir, &config.topics, &cfg, &key)?;
+        replay_reconciler(transport, &config.topics, &mut p, limits(config), shutdown)
+            .await?
+            .context("shut down before the topics were read")?;
+        tillbridge_core::stage::Processor::commit(&mut p).await?;
+    }
+    Ok(tillbridge_reconciler::report(&dir, &cfg, &key)?)
 }
 
 /// Writes the reconciliation report from the reconciler's state into `out`.
@@ -20,4 +62,22 @@ pub fn write_report(config: &Config, out: &Path) -> anyhow::Result<Vec<PathBuf>>
     let report = build_report(config)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     Ok(report.write(out)?)
+}
+
+/// Writes the reconciliation report built from `from` into `out`.
+pub async fn write_report_from(
+    config: &Config,
+    out: &Path,
+    from: ReportFrom,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<PathBuf>> {
+    match from {
+        ReportFrom::State => write_report(config, out),
+        ReportFrom::Topics => {
+            let transport = Transport::from_config(config)?;
+            let report = build_report_from_topics(config, &transport, shutdown).await?;
+            std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+            Ok(report.write(out)?)
+        }
+    }
 }

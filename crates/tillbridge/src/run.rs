@@ -16,7 +16,7 @@ use crate::config::{
     delivery_config, fingerprint_key, fraud_guard_config, reconciler_config, router_rules,
 };
 use crate::tables::{follow_store_table, restore_reconciler};
-use crate::transport::{Transport, POLL_WAIT};
+use crate::transport::{limits, Transport};
 
 /// Which stages a process runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,14 +114,6 @@ where
             source.commit_stored()?;
             Ok(result?)
         }
-    }
-}
-
-fn limits(config: &Config) -> BatchLimits {
-    BatchLimits {
-        max_records: config.ingest.batch_size,
-        max_bytes: config.ingest.batch_bytes,
-        wait: POLL_WAIT,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Tables read whole before a stage starts (the coupon catalog, the store table), the
 //! reconciler's restore, and the store table followed while ingest runs.
 
-use tillbridge_core::log::{BatchLimits, Record, Sink, Source};
+use tillbridge_core::log::{BatchLimits, OutRecord, Record, Sink, Source};
 use tillbridge_core::stage::{self, Processor, StageStats, Until};
 use tillbridge_reconciler::Reconciler;
 use tokio_util::sync::CancellationToken;
@@ -93,28 +93,10 @@ pub(crate) async fn restore_reconciler(
         .await?;
         return Ok(());
     }
-    let emitted = read_to_end(transport, &topics.compensations, limits, &shutdown).await?;
-    tracing::info!(
-        compensations = emitted.len(),
-        "reconciler state is new: learning what was emitted, then replaying its inputs"
-    );
-    p.begin_restore(&emitted);
-    let inputs = Reconciler::input_topics(topics);
-    let replayed = preload(
-        "reconciler",
-        transport,
-        &inputs,
-        p,
-        limits,
-        shutdown.clone(),
-    )
-    .await?;
-    if shutdown.is_cancelled() {
+    let Some(out) = replay_reconciler(transport, topics, p, limits, &shutdown).await? else {
         return Ok(());
-    }
-    let out = p.finish_restore()?;
+    };
     tracing::info!(
-        replayed,
         emitted = out.len(),
         "reconciler restored; emitting only what changed"
     );
@@ -132,6 +114,39 @@ pub(crate) async fn restore_reconciler(
         .with_label_values(&["reconciler"])
         .inc();
     Ok(())
+}
+
+/// Rebuilds a new reconciler state from the topics alone: learns what was emitted, replays every
+/// input to its end at start, and returns what is due beyond what was emitted (not sent: the
+/// caller decides), or `None` when shut down on the way.
+pub(crate) async fn replay_reconciler(
+    transport: &Transport,
+    topics: &tillbridge_core::config::Topics,
+    p: &mut Reconciler,
+    limits: BatchLimits,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Vec<OutRecord>>> {
+    let emitted = read_to_end(transport, &topics.compensations, limits, shutdown).await?;
+    tracing::info!(
+        compensations = emitted.len(),
+        "reconciler state is new: learning what was emitted, then replaying its inputs"
+    );
+    p.begin_restore(&emitted);
+    let inputs = Reconciler::input_topics(topics);
+    let replayed = preload(
+        "reconciler",
+        transport,
+        &inputs,
+        p,
+        limits,
+        shutdown.clone(),
+    )
+    .await?;
+    if shutdown.is_cancelled() {
+        return Ok(None);
+    }
+    tracing::info!(replayed, "reconciler inputs replayed");
+    Ok(Some(p.finish_restore()?))
 }
 
 /// The store follower's stage loop over `source`, until `stop`.

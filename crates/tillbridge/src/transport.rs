@@ -11,6 +11,15 @@ use tokio_util::sync::CancellationToken;
 /// How long a stage waits for records before it checks for shutdown or idleness.
 pub(crate) const POLL_WAIT: Duration = Duration::from_millis(200);
 
+/// A stage's batch limits (`[ingest]` batch size and bytes bound every stage's loop).
+pub(crate) fn limits(config: &Config) -> BatchLimits {
+    BatchLimits {
+        max_records: config.ingest.batch_size,
+        max_bytes: config.ingest.batch_bytes,
+        wait: POLL_WAIT,
+    }
+}
+
 /// Where records live.
 #[derive(Clone, Debug)]
 pub enum Transport {
