@@ -56,6 +56,8 @@ pub async fn config(broker: &str, state: &std::path::Path) -> Config {
         ..Config::default()
     };
     config.state.dir = state.to_owned();
+    // The default key is refused on Kafka.
+    config.fingerprint.key = format!("test-key-{tag}");
     tillbridge_core::log::KafkaLog::new(kafka)
         .create_topics(&config.topics.all(), PARTITIONS)
         .await

@@ -51,10 +51,11 @@ impl KafkaLog {
         }
     }
 
-    /// A consumer in group `{group_prefix}.{stage}` subscribed to `topics`; with `from_start`,
-    /// the group's committed offsets are first moved back to the beginning of every partition
-    /// (the stage's state is new or was rebuilt, so it must replay its topics). With
-    /// [`Order::RecordTime`], `topics` must be one topic.
+    /// A consumer in group `{group_prefix}.{stage}` subscribed to `topics`; with `from_start`
+    /// (the stage's state is new or was rebuilt, so it must replay its topics), every partition
+    /// this process is assigned for the first time, and for which `start` holds no position, is
+    /// read from its beginning. The group's committed offsets are left alone: the other members
+    /// of the group keep theirs. With [`Order::RecordTime`], `topics` must be one topic.
     ///
     /// `start` holds the next offset of each partition as the stage's state reflects it: the
     /// state and its positions are written together, so they are the truth, and the committed
@@ -95,6 +96,9 @@ impl KafkaLog {
                 "queued.max.messages.kbytes",
                 self.config.queued_max_messages_kbytes.to_string(),
             )
+            // Incremental rebalances: a member joining or leaving moves only the partitions
+            // that must move, and the others keep being consumed through it.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("statistics.interval.ms", "5000");
@@ -106,11 +110,12 @@ impl KafkaLog {
             .create_with_context(CommitBeforeRevoke {
                 group: group.clone(),
                 start: std::sync::Mutex::new(start.clone()),
+                from_start,
+                seen: Default::default(),
             })
             .map_err(kafka_err)?;
         if from_start {
-            reset_to_beginning(&consumer, topics)?;
-            tracing::warn!(%group, "stage state is new: replaying its topics from the beginning");
+            tracing::warn!(%group, "stage state is new: its partitions are replayed from the beginning");
         }
         consumer.subscribe(topics).map_err(kafka_err)?;
         let merge = merged.then(|| Merge::new(MERGE_HOLD, MERGE_MAX_QUEUED));
@@ -145,6 +150,8 @@ impl KafkaLog {
             .create_with_context(CommitBeforeRevoke {
                 group: group.clone(),
                 start: Default::default(),
+                from_start: false,
+                seen: Default::default(),
             })
             .map_err(kafka_err)?;
         let timeout = Duration::from_secs(10);
@@ -225,29 +232,6 @@ impl KafkaLog {
     }
 }
 
-/// Commits the low watermark of every partition of `topics` for the consumer's group.
-fn reset_to_beginning<C: ConsumerContext>(
-    consumer: &StreamConsumer<C>,
-    topics: &[&str],
-) -> Result<()> {
-    let timeout = Duration::from_secs(10);
-    let mut tpl = TopicPartitionList::new();
-    for topic in topics {
-        let md = settled(|| consumer.fetch_metadata(Some(topic), timeout))?;
-        for t in md.topics() {
-            for p in t.partitions() {
-                let (low, _) = settled(|| consumer.fetch_watermarks(topic, p.id(), timeout))?;
-                tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
-                    .map_err(kafka_err)?;
-            }
-        }
-    }
-    if tpl.count() > 0 {
-        consumer.commit(&tpl, CommitMode::Sync).map_err(kafka_err)?;
-    }
-    Ok(())
-}
-
 /// How long a start-up metadata or watermark call keeps retrying while the cluster settles (a
 /// topic just created has no leader yet, a broker is restarting).
 const SETTLE_FOR: Duration = Duration::from_secs(30);
@@ -294,6 +278,11 @@ pub struct CommitBeforeRevoke {
     /// Where the stage's state says each partition resumes (its next offset), applied at the
     /// partition's first assignment instead of the committed offset. See [`KafkaLog::source`].
     start: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
+    /// The stage's state is new: a partition with no position in `start` is read from its
+    /// beginning at its first assignment to this process.
+    from_start: bool,
+    /// The partitions this process has been assigned at least once.
+    seen: std::sync::Mutex<std::collections::BTreeSet<(String, i32)>>,
 }
 
 impl ClientContext for CommitBeforeRevoke {
@@ -322,20 +311,31 @@ impl ConsumerContext for CommitBeforeRevoke {
         match err {
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut resumed = TopicPartitionList::new();
-                if let Ok(mut start) = self.start.lock() {
+                if let (Ok(mut start), Ok(mut seen)) = (self.start.lock(), self.seen.lock()) {
                     let keys: Vec<(String, i32)> = tpl
                         .elements()
                         .iter()
                         .map(|e| (e.topic().to_owned(), e.partition()))
                         .collect();
                     for key in keys {
-                        if let Some(next) = start.remove(&key) {
-                            tracing::info!(topic = %key.0, partition = key.1, next,
-                                "resuming where the stage's state is");
-                            // Only fails for a partition not in the list, which it is.
-                            let _ = tpl.set_partition_offset(&key.0, key.1, Offset::Offset(next));
-                            let _ =
-                                resumed.add_partition_offset(&key.0, key.1, Offset::Offset(next));
+                        let first = seen.insert(key.clone());
+                        let next = match start.remove(&key) {
+                            Some(next) => {
+                                tracing::info!(topic = %key.0, partition = key.1, next,
+                                    "resuming where the stage's state is");
+                                Offset::Offset(next)
+                            }
+                            None if first && self.from_start => {
+                                tracing::info!(topic = %key.0, partition = key.1,
+                                    "replaying from the beginning into the new state");
+                                Offset::Beginning
+                            }
+                            None => continue,
+                        };
+                        // Only fails for a partition not in the list, which it is.
+                        let _ = tpl.set_partition_offset(&key.0, key.1, next);
+                        if let Offset::Offset(_) = next {
+                            let _ = resumed.add_partition_offset(&key.0, key.1, next);
                         }
                     }
                 }

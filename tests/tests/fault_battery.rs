@@ -1,0 +1,373 @@
+//! The fault battery (issue: scale out on Kafka), on the Apache Kafka broker the test scripts
+//! start: ingest instances join and leave one consumer group, or are SIGKILLed and restarted,
+//! while a backlog of till events (with 5% resends) is consumed and more is produced. A checker
+//! compares the input with `promo.sessions` and prints lost, duplicated (by deterministic id),
+//! conflicting (one id, two contents) and out-of-order counts.
+//!
+//! The short variant runs in CI. The full one (1,000,000 events, 20 kills):
+//! `BATTERY_EVENTS=1000000 BATTERY_KILLS=20 scripts/test.sh -p tillbridge-tests --test fault_battery -- --nocapture`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use kit::events::{good_events, Sent};
+use prost::Message;
+use rand::{Rng, SeedableRng};
+use tillbridge_core::config::Config;
+use tillbridge_proto::pb;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `n` distinct events and, spread among them, resends of 5% of them (the same bytes, as a till
+/// resends what it is unsure was received); returned in production order with the originals.
+fn workload(n: usize, seed: u64) -> (Vec<Sent>, Vec<pb::TillEvent>) {
+    let (sent, events) = good_events(n, 48, seed);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut all = Vec::with_capacity(n + n / 20);
+    for (i, s) in sent.iter().enumerate() {
+        all.push(s.clone());
+        if i >= 100 && rng.gen_ratio(1, 20) {
+            // A resend of an event produced a little earlier, on its own till's key.
+            all.push(sent[rng.gen_range(i - 100..i)].clone());
+        }
+    }
+    (all, events)
+}
+
+/// An instance of `tillbridge run --stages ingest` with a state directory of its own.
+struct Instance {
+    config: Config,
+    log: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Instance {
+    fn new(config: &Config, base: &std::path::Path, k: usize) -> Instance {
+        let mut config = config.clone();
+        config.state.dir = base.join(format!("instance-{k}"));
+        Instance {
+            config,
+            log: base.join(format!("instance-{k}.log")),
+            child: None,
+        }
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none());
+        self.child = Some(kit::process::spawn_logged(
+            kit::process::with_config(&self.config)
+                .args(["run", "--stages", "ingest"])
+                .env("TILLBRIDGE_LOG", "info,tillbridge_ingest=warn"),
+            &self.log,
+        ));
+    }
+
+    fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => {
+                assert!(
+                    c.try_wait().unwrap().is_none(),
+                    "an instance exited; log:\n{}",
+                    kit::process::log_tail(&self.log)
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How often its log says partitions were assigned, and replayed into a new state.
+    fn rebalances(&self) -> (usize, usize) {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        (
+            text.matches("partitions assigned").count(),
+            text.matches("replaying from the beginning").count(),
+        )
+    }
+
+    /// SIGTERM: it drains and leaves the group.
+    fn stop(&mut self) {
+        kit::process::terminate(&mut self.child.take().unwrap());
+    }
+
+    /// SIGKILL: no drain, no leave; the group notices when its session expires.
+    fn kill(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
+
+/// What the checker found on `promo.sessions`.
+#[derive(Debug, Default)]
+struct Figures {
+    records: usize,
+    lost: usize,
+    duplicated: usize,
+    conflicting: usize,
+    out_of_order: usize,
+}
+
+/// Follows `promo.sessions`, counting distinct event ids.
+struct Watch {
+    tail: kit::Tail,
+    ids: BTreeSet<String>,
+    seen: usize,
+}
+
+impl Watch {
+    fn new(broker: &str, config: &Config) -> Watch {
+        Watch {
+            tail: kit::Tail::new(broker, &config.topics.sessions),
+            ids: BTreeSet::new(),
+            seen: 0,
+        }
+    }
+
+    fn poll(&mut self) -> usize {
+        self.tail.poll_for(Duration::from_millis(50));
+        for g in &self.tail.got[self.seen..] {
+            self.ids.insert(
+                pb::TillEvent::decode(g.payload.as_slice())
+                    .unwrap()
+                    .event_id,
+            );
+        }
+        self.seen = self.tail.got.len();
+        self.ids.len()
+    }
+
+    /// Polls until `n` distinct ids arrived, checking that every running instance is alive.
+    fn until(&mut self, n: usize, instances: &mut [Instance]) {
+        let start = Instant::now();
+        while self.poll() < n {
+            for i in instances.iter_mut() {
+                i.running();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "{} of {n} events after 300 s",
+                self.ids.len()
+            );
+        }
+    }
+
+    /// The checker: every input id once or more, every copy identical, and the events of one
+    /// till in their till order on each output partition (first copies; a replay after a move
+    /// may repeat earlier ones).
+    fn figures(&self, events: &[pb::TillEvent]) -> Figures {
+        let mut copies: BTreeMap<String, BTreeSet<&[u8]>> = BTreeMap::new();
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        let mut last_seq: BTreeMap<(i32, String), u64> = BTreeMap::new();
+        let mut f = Figures {
+            records: self.tail.got.len(),
+            ..Figures::default()
+        };
+        let mut first = BTreeSet::new();
+        for g in &self.tail.got {
+            let ev = pb::TillEvent::decode(g.payload.as_slice()).unwrap();
+            copies
+                .entry(ev.event_id.clone())
+                .or_default()
+                .insert(&g.payload);
+            *count.entry(ev.event_id.clone()).or_default() += 1;
+            if first.insert(ev.event_id.clone()) {
+                let till = format!("{}/{}", ev.store_id, ev.till_id);
+                let last = last_seq.entry((g.partition, till)).or_insert(0);
+                if ev.till_seq < *last {
+                    f.out_of_order += 1;
+                }
+                *last = (*last).max(ev.till_seq);
+            }
+        }
+        f.lost = events
+            .iter()
+            .filter(|e| !copies.contains_key(&e.event_id))
+            .count();
+        f.duplicated = count.values().filter(|c| **c > 1).count();
+        f.conflicting = copies.values().filter(|c| c.len() > 1).count();
+        f
+    }
+}
+
+/// Produces the first half of `sent` now and returns a task producing the rest in the
+/// background (the run goes on while instances come and go).
+async fn produce_during(
+    broker: &str,
+    config: &Config,
+    sent: Vec<Sent>,
+) -> tokio::task::JoinHandle<()> {
+    let producer = kit::producer(broker);
+    let half = sent.len() / 2;
+    kit::produce_sent(&producer, &config.topics.till_events, &sent[..half]).await;
+    let topic = config.topics.till_events.clone();
+    tokio::spawn(async move {
+        for chunk in sent[half..].chunks(2000) {
+            kit::produce_sent(&producer, &topic, chunk).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+fn report(name: &str, f: &Figures, started: Instant) {
+    println!(
+        "{name}: {} records on promo.sessions in {:.1} s; lost {}, duplicated (same id) {}, \
+         conflicting {}, out of order {}",
+        f.records,
+        started.elapsed().as_secs_f64(),
+        f.lost,
+        f.duplicated,
+        f.conflicting,
+        f.out_of_order
+    );
+    assert_eq!(
+        (f.lost, f.conflicting, f.out_of_order),
+        (0, 0, 0),
+        "{name}: {f:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_scaled_1_2_3_2_1_lose_nothing() {
+    let Some(broker) = kit::broker() else {
+        return;
+    };
+    let n = env_or("BATTERY_EVENTS", 20_000);
+    let base = tempfile::tempdir().unwrap();
+    let config = kit::config(&broker, &base.path().join("state")).await;
+    let (sent, events) = workload(n, 21);
+    let started = Instant::now();
+    let producing = produce_during(&broker, &config, sent).await;
+    let mut instances: Vec<Instance> = (0..3)
+        .map(|k| Instance::new(&config, base.path(), k))
+        .collect();
+    let figures = tokio::task::spawn_blocking({
+        let (broker, config) = (broker.clone(), config.clone());
+        move || {
+            let mut watch = Watch::new(&broker, &config);
+            instances[0].start();
+            watch.until(n * 15 / 100, &mut instances);
+            instances[1].start();
+            watch.until(n * 30 / 100, &mut instances);
+            instances[2].start();
+            watch.until(n * 50 / 100, &mut instances);
+            instances[2].stop();
+            watch.until(n * 70 / 100, &mut instances);
+            instances[1].stop();
+            watch.until(n, &mut instances);
+            // What a late replay could still add.
+            watch.tail.poll_for(Duration::from_secs(2));
+            instances[0].stop();
+            watch.poll();
+            for (k, i) in instances.iter().enumerate() {
+                let (assigned, replayed) = i.rebalances();
+                println!("instance {k}: {assigned} assignments, {replayed} partitions replayed from the beginning");
+            }
+            watch.figures(&events)
+        }
+    })
+    .await
+    .unwrap();
+    producing.await.unwrap();
+    report("scaled 1 -> 2 -> 3 -> 2 -> 1", &figures, started);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_of_random_instances_lose_nothing() {
+    let Some(broker) = kit::broker() else {
+        return;
+    };
+    let n = env_or("BATTERY_EVENTS", 20_000);
+    let kills = env_or("BATTERY_KILLS", 4);
+    let base = tempfile::tempdir().unwrap();
+    let mut config = kit::config(&broker, &base.path().join("state")).await;
+    config.kafka.as_mut().unwrap().fetch_wait_max_ms = 10;
+    let (sent, events) = workload(n, 22);
+    let started = Instant::now();
+    let producing = produce_during(&broker, &config, sent).await;
+    let mut instances: Vec<Instance> = (0..2)
+        .map(|k| Instance::new(&config, base.path(), k))
+        .collect();
+    let figures = tokio::task::spawn_blocking({
+        let (broker, config) = (broker.clone(), config.clone());
+        move || {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(23);
+            let mut watch = Watch::new(&broker, &config);
+            for i in instances.iter_mut() {
+                i.start();
+            }
+            for k in 1..=kills {
+                watch.until(n * k / (kills + 2), &mut instances);
+                let victim = rng.gen_range(0..instances.len());
+                instances[victim].kill();
+                println!(
+                    "SIGKILL #{k} of instance {victim} with {} events out",
+                    watch.ids.len()
+                );
+                instances[victim].start();
+            }
+            watch.until(n, &mut instances);
+            watch.tail.poll_for(Duration::from_secs(2));
+            for i in instances.iter_mut() {
+                i.stop();
+            }
+            watch.poll();
+            watch.figures(&events)
+        }
+    })
+    .await
+    .unwrap();
+    producing.await.unwrap();
+    report(&format!("{kills} SIGKILLs"), &figures, started);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_instance_rebuilds_its_partitions_from_the_topics() {
+    let Some(broker) = kit::broker() else {
+        return;
+    };
+    let n = env_or("BATTERY_EVENTS", 20_000);
+    let base = tempfile::tempdir().unwrap();
+    let config = kit::config(&broker, &base.path().join("state")).await;
+    let (sent, events) = workload(n, 24);
+    let started = Instant::now();
+    let producing = produce_during(&broker, &config, sent).await;
+    let mut instances: Vec<Instance> = (0..2)
+        .map(|k| Instance::new(&config, base.path(), k))
+        .collect();
+    let figures = tokio::task::spawn_blocking({
+        let (broker, config) = (broker.clone(), config.clone());
+        move || {
+            let mut watch = Watch::new(&broker, &config);
+            for i in instances.iter_mut() {
+                i.start();
+            }
+            watch.until(n * 40 / 100, &mut instances);
+            instances[1].stop();
+            std::fs::remove_dir_all(&instances[1].config.state.dir).unwrap();
+            println!("instance 1 wiped with {} events out", watch.ids.len());
+            instances[1].start();
+            watch.until(n, &mut instances);
+            watch.tail.poll_for(Duration::from_secs(2));
+            for i in instances.iter_mut() {
+                i.stop();
+            }
+            watch.poll();
+            let (_, replayed) = instances[1].rebalances();
+            println!("instance 1 replayed {replayed} partitions from the beginning in its lives");
+            watch.figures(&events)
+        }
+    })
+    .await
+    .unwrap();
+    producing.await.unwrap();
+    report("a wiped instance", &figures, started);
+}
