@@ -139,6 +139,46 @@ pub async fn produce_records(broker: &str, records: Vec<tillbridge_core::log::Ou
     }
 }
 
+/// `stages` running in this process (`tillbridge::run`) until [`InProcess::stop`].
+#[derive(Debug)]
+pub struct InProcess {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<tillbridge::RunSummary>>,
+}
+
+impl InProcess {
+    pub fn start(config: &Config, stages: tillbridge::Stages) -> InProcess {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let transport = tillbridge::Transport::from_config(config).unwrap();
+        let (config, stop) = (config.clone(), shutdown.clone());
+        let task =
+            tokio::spawn(
+                async move { tillbridge::run(&config, &transport, stages, false, stop).await },
+            );
+        InProcess { shutdown, task }
+    }
+
+    /// Ingest alone.
+    pub fn ingest(config: &Config) -> InProcess {
+        let stages = tillbridge::Stages {
+            ingest: true,
+            ..Default::default()
+        };
+        InProcess::start(config, stages)
+    }
+
+    /// Whether the run ended (by itself: a failure).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Drains the stages and returns what they did; panics if one failed.
+    pub async fn stop(self) -> tillbridge::RunSummary {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap()
+    }
+}
+
 /// Runs `stages` until `done` returns `Ok`; on a time-out the panic names the last `Err` (what
 /// still differs).
 pub async fn run_until(
@@ -146,14 +186,7 @@ pub async fn run_until(
     stages: tillbridge::Stages,
     done: impl Fn() -> Result<(), String> + Send + Sync + 'static,
 ) {
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let transport = tillbridge::Transport::from_config(config).unwrap();
-    let mut run = {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(
-            async move { tillbridge::run(&config, &transport, stages, false, shutdown).await },
-        )
-    };
+    let run = InProcess::start(config, stages);
     let done = std::sync::Arc::new(done);
     let start = std::time::Instant::now();
     loop {
@@ -165,13 +198,13 @@ pub async fn run_until(
             start.elapsed() < Duration::from_secs(240),
             "pipeline did not finish: {differs}"
         );
-        tokio::select! {
-            r = &mut run => panic!("the pipeline stopped early: {:?}", r.unwrap().map(|s| s.to_string())),
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        if run.is_finished() {
+            run.stop().await;
+            panic!("the pipeline stopped early");
         }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    run.stop().await;
 }
 
 /// Checks `done` (a blocking call) every 250 ms until it returns `Ok`; after `limit` the panic

@@ -93,9 +93,37 @@ impl Instance {
         )
     }
 
+    /// Waits until the group gave this instance a partition (a join takes seconds).
+    fn await_partitions(&mut self) {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let given = text.lines().rev().any(|l| {
+                l.contains("partitions assigned") && !l.contains("partitions assigned partitions=0")
+            });
+            if given {
+                return;
+            }
+            self.running();
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no partition within 60 s; log:\n{}",
+                kit::process::log_tail(&self.log)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM: it drains and leaves the group.
     fn stop(&mut self) {
-        kit::process::terminate(&mut self.child.take().unwrap());
+        let mut child = self.child.take().unwrap();
+        kit::process::send_sigterm(&child);
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "an instance ended with {status} after SIGTERM; log:\n{}",
+            kit::process::log_tail(&self.log)
+        );
     }
 
     /// SIGKILL: no drain, no leave; the group notices when its session expires.
@@ -235,139 +263,118 @@ fn report(name: &str, f: &Figures, started: Instant) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_scaled_1_2_3_2_1_lose_nothing() {
+/// One scenario: `instances` ingest instances over a fresh set of topics (tuned by `tune`), the
+/// workload of `seed` produced half before and half during `script`, which starts, stops and
+/// kills instances as the output grows; then every instance is stopped and the checker runs.
+async fn battery(
+    name: &'static str,
+    instances: usize,
+    seed: u64,
+    tune: impl FnOnce(&mut Config),
+    script: impl FnOnce(usize, &mut Watch, &mut [Instance]) + Send + 'static,
+) {
     let Some(broker) = kit::broker() else {
         return;
     };
     let n = env_or("BATTERY_EVENTS", 20_000);
     let base = tempfile::tempdir().unwrap();
-    let config = kit::config(&broker, &base.path().join("state")).await;
-    let (sent, events) = workload(n, 21);
+    let mut config = kit::config(&broker, &base.path().join("state")).await;
+    tune(&mut config);
+    let (sent, events) = workload(n, seed);
     let started = Instant::now();
     let producing = produce_during(&broker, &config, sent).await;
-    let mut instances: Vec<Instance> = (0..3)
+    let mut instances: Vec<Instance> = (0..instances)
         .map(|k| Instance::new(&config, base.path(), k))
         .collect();
-    let figures = tokio::task::spawn_blocking({
-        let (broker, config) = (broker.clone(), config.clone());
-        move || {
-            let mut watch = Watch::new(&broker, &config);
-            instances[0].start();
-            watch.until(n * 15 / 100, &mut instances);
-            instances[1].start();
-            watch.until(n * 30 / 100, &mut instances);
-            instances[2].start();
-            watch.until(n * 50 / 100, &mut instances);
-            instances[2].stop();
-            watch.until(n * 70 / 100, &mut instances);
-            instances[1].stop();
-            watch.until(n, &mut instances);
-            // What a late replay could still add.
-            watch.tail.poll_for(Duration::from_secs(2));
-            instances[0].stop();
-            watch.poll();
-            for (k, i) in instances.iter().enumerate() {
-                let (assigned, replayed) = i.rebalances();
-                println!("instance {k}: {assigned} assignments, {replayed} partitions replayed from the beginning");
-            }
-            watch.figures(&events)
+    let figures = tokio::task::spawn_blocking(move || {
+        let mut watch = Watch::new(&broker, &config);
+        script(n, &mut watch, &mut instances);
+        watch.until(n, &mut instances);
+        // What a late replay could still add.
+        watch.tail.poll_for(Duration::from_secs(2));
+        for i in instances.iter_mut().filter(|i| i.child.is_some()) {
+            i.stop();
         }
+        watch.poll();
+        for (k, i) in instances.iter().enumerate() {
+            let (assigned, replayed) = i.rebalances();
+            println!(
+                "{name}: instance {k}: {assigned} assignments, {replayed} partitions replayed \
+                 from the beginning into a new state"
+            );
+        }
+        watch.figures(&events)
     })
     .await
     .unwrap();
     producing.await.unwrap();
-    report("scaled 1 -> 2 -> 3 -> 2 -> 1", &figures, started);
+    report(name, &figures, started);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_scaled_1_2_3_2_1_lose_nothing() {
+    battery(
+        "scaled 1 -> 2 -> 3 -> 2 -> 1",
+        3,
+        21,
+        |_| {},
+        |n, watch, instances| {
+            instances[0].start();
+            watch.until(n * 15 / 100, instances);
+            instances[1].start();
+            instances[1].await_partitions();
+            watch.until(n * 30 / 100, instances);
+            instances[2].start();
+            instances[2].await_partitions();
+            watch.until(n * 50 / 100, instances);
+            instances[2].stop();
+            watch.until(n * 70 / 100, instances);
+            instances[1].stop();
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkills_of_random_instances_lose_nothing() {
-    let Some(broker) = kit::broker() else {
-        return;
-    };
-    let n = env_or("BATTERY_EVENTS", 20_000);
     let kills = env_or("BATTERY_KILLS", 4);
-    let base = tempfile::tempdir().unwrap();
-    let mut config = kit::config(&broker, &base.path().join("state")).await;
-    config.kafka.as_mut().unwrap().fetch_wait_max_ms = 10;
-    let (sent, events) = workload(n, 22);
-    let started = Instant::now();
-    let producing = produce_during(&broker, &config, sent).await;
-    let mut instances: Vec<Instance> = (0..2)
-        .map(|k| Instance::new(&config, base.path(), k))
-        .collect();
-    let figures = tokio::task::spawn_blocking({
-        let (broker, config) = (broker.clone(), config.clone());
-        move || {
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(23);
-            let mut watch = Watch::new(&broker, &config);
-            for i in instances.iter_mut() {
-                i.start();
-            }
-            for k in 1..=kills {
-                watch.until(n * k / (kills + 2), &mut instances);
-                let victim = rng.gen_range(0..instances.len());
-                instances[victim].kill();
-                println!(
-                    "SIGKILL #{k} of instance {victim} with {} events out",
-                    watch.ids.len()
-                );
-                instances[victim].start();
-            }
-            watch.until(n, &mut instances);
-            watch.tail.poll_for(Duration::from_secs(2));
-            for i in instances.iter_mut() {
-                i.stop();
-            }
-            watch.poll();
-            watch.figures(&events)
+    let tune = |c: &mut Config| c.kafka.as_mut().unwrap().fetch_wait_max_ms = 10;
+    battery("SIGKILLs", 2, 22, tune, move |n, watch, instances| {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(23);
+        for i in instances.iter_mut() {
+            i.start();
+        }
+        for k in 1..=kills {
+            watch.until(n * k / (kills + 2), instances);
+            let victim = rng.gen_range(0..instances.len());
+            instances[victim].kill();
+            println!(
+                "SIGKILL #{k} of instance {victim} with {} events out",
+                watch.ids.len()
+            );
+            instances[victim].start();
         }
     })
-    .await
-    .unwrap();
-    producing.await.unwrap();
-    report(&format!("{kills} SIGKILLs"), &figures, started);
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_instance_rebuilds_its_partitions_from_the_topics() {
-    let Some(broker) = kit::broker() else {
-        return;
-    };
-    let n = env_or("BATTERY_EVENTS", 20_000);
-    let base = tempfile::tempdir().unwrap();
-    let config = kit::config(&broker, &base.path().join("state")).await;
-    let (sent, events) = workload(n, 24);
-    let started = Instant::now();
-    let producing = produce_during(&broker, &config, sent).await;
-    let mut instances: Vec<Instance> = (0..2)
-        .map(|k| Instance::new(&config, base.path(), k))
-        .collect();
-    let figures = tokio::task::spawn_blocking({
-        let (broker, config) = (broker.clone(), config.clone());
-        move || {
-            let mut watch = Watch::new(&broker, &config);
+    battery(
+        "a wiped instance",
+        2,
+        24,
+        |_| {},
+        |n, watch, instances| {
             for i in instances.iter_mut() {
                 i.start();
             }
-            watch.until(n * 40 / 100, &mut instances);
+            watch.until(n * 40 / 100, instances);
             instances[1].stop();
             std::fs::remove_dir_all(&instances[1].config.state.dir).unwrap();
             println!("instance 1 wiped with {} events out", watch.ids.len());
             instances[1].start();
-            watch.until(n, &mut instances);
-            watch.tail.poll_for(Duration::from_secs(2));
-            for i in instances.iter_mut() {
-                i.stop();
-            }
-            watch.poll();
-            let (_, replayed) = instances[1].rebalances();
-            println!("instance 1 replayed {replayed} partitions from the beginning in its lives");
-            watch.figures(&events)
-        }
-    })
-    .await
-    .unwrap();
-    producing.await.unwrap();
-    report("a wiped instance", &figures, started);
+        },
+    )
+    .await;
 }

@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tillbridge::{Stages, Transport};
 use tillbridge_core::config::Config;
 use tillbridge_proto::pb;
-use tokio_util::sync::CancellationToken;
 
 fn ids_on(broker: &str, topic: &str) -> (Vec<String>, BTreeMap<String, BTreeSet<Vec<u8>>>) {
     let got = kit::read_all(broker, topic);
@@ -111,18 +109,7 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
     kit::produce_sent(&producer, &config.topics.till_events, &all).await;
     println!("produced {} records in {:?}", all.len(), t.elapsed());
 
-    let shutdown = CancellationToken::new();
-    let transport = Transport::from_config(&config).unwrap();
-    let stages = Stages {
-        ingest: true,
-        ..Default::default()
-    };
-    let run = {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(
-            async move { tillbridge::run(&config, &transport, stages, false, shutdown).await },
-        )
-    };
+    let run = kit::InProcess::ingest(&config);
     let (b, sessions, dlq) = (
         broker.clone(),
         config.topics.sessions.clone(),
@@ -140,8 +127,7 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
         all.len(),
         started.elapsed()
     );
-    shutdown.cancel();
-    let stats = run.await.unwrap().unwrap();
+    let stats = run.stop().await;
     println!("{stats}");
 
     let (ids, _) = ids_on(&broker, &config.topics.sessions);

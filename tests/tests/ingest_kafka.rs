@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use prost::Message;
-use tillbridge::{Stages, Transport};
 use tillbridge_proto::pb;
-use tokio_util::sync::CancellationToken;
 
 fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -120,18 +118,7 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
     let producer = kit::producer(&broker);
     kit::produce(&producer, &config.topics.till_events, &records).await;
 
-    let shutdown = CancellationToken::new();
-    let transport = Transport::from_config(&config).unwrap();
-    let stages = Stages {
-        ingest: true,
-        ..Default::default()
-    };
-    let run = {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(
-            async move { tillbridge::run(&config, &transport, stages, false, shutdown).await },
-        )
-    };
+    let run = kit::InProcess::ingest(&config);
     let dlq_topic = config.topics.dlq.clone();
     let b = broker.clone();
     tokio::task::spawn_blocking(move || {
@@ -148,8 +135,7 @@ async fn mixed_batch_yields_exactly_the_expected_outputs() {
     })
     .await
     .unwrap();
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    run.stop().await;
 
     let sessions = kit::read_all(&broker, &config.topics.sessions);
     let mut session_ids: Vec<String> = sessions

@@ -7,9 +7,7 @@
 use std::time::Duration;
 
 use prost::Message;
-use tillbridge::{Stages, Transport};
 use tillbridge_proto::pb;
-use tokio_util::sync::CancellationToken;
 
 fn sale(store: &str, seq: u64) -> pb::TillEvent {
     kit::events::Sale::new(uuid::Uuid::new_v4(), store, "T1", seq)
@@ -79,18 +77,7 @@ async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
         .collect();
     kit::produce(&producer, &config.topics.till_events, &records).await;
 
-    let shutdown = CancellationToken::new();
-    let transport = Transport::from_config(&config).unwrap();
-    let stages = Stages {
-        ingest: true,
-        ..Default::default()
-    };
-    let run = {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(
-            async move { tillbridge::run(&config, &transport, stages, false, shutdown).await },
-        )
-    };
+    let run = kit::InProcess::ingest(&config);
     let wait = |topic: String, n: usize| {
         let b = broker.clone();
         tokio::task::spawn_blocking(move || {
@@ -142,8 +129,7 @@ async fn store_rows_from_the_topic_decide_routing_and_updates_are_followed() {
     }
     let dlq = config.topics.dlq.clone();
     wait(dlq.clone(), 1).await.unwrap();
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    run.stop().await;
 
     assert_eq!(ids(&broker, &north), vec!["S-N"]);
     let mut sessions = ids(&broker, &config.topics.sessions);
