@@ -52,6 +52,14 @@ pub trait Processor: Send {
         false
     }
 
+    /// Whether [`Processor::positions`] names every input partition the state reflects, so that
+    /// a partition it does not name must be read from its beginning (whatever the group's
+    /// committed offset says: a state rebuilt from the topics, stopped half-way, has not read
+    /// it yet). A processor without positions replays only when its state is new.
+    fn keeps_positions(&self) -> bool {
+        false
+    }
+
     /// Waits until the processor can take another batch. A processor with a bounded buffer
     /// behind it (the HTTP outbox) waits here while the buffer is full, so the stage stops
     /// consuming (backpressure) instead of growing the buffer. The default is ready at once.

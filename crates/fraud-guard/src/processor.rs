@@ -212,6 +212,10 @@ impl Processor for FraudGuard {
         Order::RecordTime
     }
 
+    fn keeps_positions(&self) -> bool {
+        true
+    }
+
     fn positions(&self) -> Result<BTreeMap<(String, i32), i64>, Error> {
         Ok(self
             .engine

@@ -427,6 +427,10 @@ impl Processor for Ingest {
         Ok(out)
     }
 
+    fn keeps_positions(&self) -> bool {
+        true
+    }
+
     fn positions(&self) -> Result<BTreeMap<(String, i32), i64>, Error> {
         let mut out = BTreeMap::new();
         for item in self.meta.scan_prefix(OFFSET_PREFIX) {

@@ -176,6 +176,10 @@ impl Processor for Reconciler {
         Ok(out)
     }
 
+    fn keeps_positions(&self) -> bool {
+        true
+    }
+
     fn positions(&self) -> Result<BTreeMap<(String, i32), i64>, Error> {
         self.state.positions()
     }

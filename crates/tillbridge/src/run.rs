@@ -87,10 +87,12 @@ where
     P: Processor,
 {
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-    // New or rebuilt state with no positions: replay the inputs from the beginning. (A
-    // restored state has positions: it resumes where its restore ended.)
+    // A partition the state has no position for is read from its beginning: a new or rebuilt
+    // state replays its inputs, also after a crash half-way through that replay (the group's
+    // committed offsets, from before the state was lost, are not its truth). A restored state
+    // has positions: it resumes where its restore ended.
     let start = processor.positions()?;
-    let from_start = processor.fresh_state() && start.is_empty();
+    let from_start = processor.keeps_positions() || (processor.fresh_state() && start.is_empty());
     match transport {
         Transport::Embedded(log) => {
             let mut source = log.source_at(name, &topics, from_start, &start)?;

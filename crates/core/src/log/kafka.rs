@@ -52,9 +52,9 @@ impl KafkaLog {
     }
 
     /// A consumer in group `{group_prefix}.{stage}` subscribed to `topics`; with `from_start`
-    /// (the stage's state is new or was rebuilt, so it must replay its topics), every partition
-    /// this process is assigned for the first time, and for which `start` holds no position, is
-    /// read from its beginning. The group's committed offsets are left alone: the other members
+    /// (the stage's state has not read the partitions `start` does not name, so it must replay
+    /// them), every partition this process is assigned for the first time, and for which `start`
+    /// holds no position, is read from its beginning. The group's committed offsets are left alone: the other members
     /// of the group keep theirs. With [`Order::RecordTime`], `topics` must be one topic.
     ///
     /// `start` holds the next offset of each partition as the stage's state reflects it: the
