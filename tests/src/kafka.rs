@@ -452,3 +452,48 @@ pub fn group_caught_up(broker: &str, group: &str, ends: &BTreeMap<(String, i32),
         }
     })
 }
+
+/// Follows a topic of `TillEvent`s (`promo.sessions`), counting the distinct event ids on it.
+#[allow(missing_debug_implementations)]
+pub struct IdWatch {
+    pub tail: Tail,
+    pub ids: std::collections::BTreeSet<String>,
+    seen: usize,
+}
+
+impl IdWatch {
+    pub fn new(broker: &str, topic: &str) -> IdWatch {
+        IdWatch {
+            tail: Tail::new(broker, topic),
+            ids: Default::default(),
+            seen: 0,
+        }
+    }
+
+    /// Reads what arrives for up to `d`; returns the number of distinct ids.
+    pub fn poll(&mut self, d: Duration) -> usize {
+        use prost::Message as _;
+        self.tail.poll_for(d);
+        for g in &self.tail.got[self.seen..] {
+            let ev = tillbridge_proto::pb::TillEvent::decode(g.payload.as_slice())
+                .expect("a TillEvent on the watched topic");
+            self.ids.insert(ev.event_id);
+        }
+        self.seen = self.tail.got.len();
+        self.ids.len()
+    }
+
+    /// Reads until `n` distinct ids arrived, calling `check` (that the producers of the topic
+    /// are alive) between polls; panics after `limit`.
+    pub fn until(&mut self, n: usize, limit: Duration, mut check: impl FnMut()) {
+        let start = Instant::now();
+        while self.poll(Duration::from_millis(50)) < n {
+            check();
+            assert!(
+                start.elapsed() < limit,
+                "{} of {n} events after {limit:?}",
+                self.ids.len()
+            );
+        }
+    }
+}

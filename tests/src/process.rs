@@ -108,3 +108,79 @@ pub fn terminate(child: &mut Child) {
         "tillbridge exited with {status} after SIGTERM"
     );
 }
+
+/// A `tillbridge` child with a state directory and a log file of its own, started, stopped
+/// (SIGTERM) and killed (SIGKILL) at will, as a supervisor would.
+#[derive(Debug)]
+pub struct Instance {
+    pub config: Config,
+    pub log: PathBuf,
+    args: Vec<String>,
+    log_filter: String,
+    child: Option<Child>,
+}
+
+impl Instance {
+    /// An instance of `config` with its state in `dir/{name}` and its log in `dir/{name}.log`,
+    /// run with `args` and the `TILLBRIDGE_LOG` filter `log_filter`.
+    pub fn new(config: &Config, dir: &Path, name: &str, args: &[&str], log_filter: &str) -> Self {
+        let mut config = config.clone();
+        config.state.dir = dir.join(name);
+        Instance {
+            config,
+            log: dir.join(format!("{name}.log")),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            log_filter: log_filter.to_owned(),
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "started twice");
+        self.child = Some(spawn_logged(
+            with_config(&self.config)
+                .args(&self.args)
+                .env("TILLBRIDGE_LOG", &self.log_filter),
+            &self.log,
+        ));
+    }
+
+    /// Whether it was started and not stopped; panics, with its log, if it exited by itself.
+    pub fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => {
+                assert!(
+                    c.try_wait().expect("try_wait").is_none(),
+                    "an instance exited; log:\n{}",
+                    log_tail(&self.log)
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// SIGTERM: it drains and leaves its groups; panics unless it exits successfully.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("not running");
+        send_sigterm(&child);
+        let status = child.wait().expect("wait");
+        assert!(
+            status.success(),
+            "an instance ended with {status} after SIGTERM; log:\n{}",
+            log_tail(&self.log)
+        );
+    }
+
+    /// SIGKILL: no drain, no leave; a group notices when the member's session expires.
+    pub fn kill(&mut self) {
+        let mut c = self.child.take().expect("not running");
+        c.kill().expect("kill");
+        c.wait().expect("wait");
+    }
+
+    /// Everything it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

@@ -1,8 +1,9 @@
 //! The fault battery (issue: scale out on Kafka), on the Apache Kafka broker the test scripts
 //! start: ingest instances join and leave one consumer group, or are SIGKILLed and restarted,
-//! while a backlog of till events (with 5% resends) is consumed and more is produced. A checker
-//! compares the input with `promo.sessions` and prints lost, duplicated (by deterministic id),
-//! conflicting (one id, two contents) and out-of-order counts.
+//! while a backlog of till events (with 5% resends and 1% conflicting resends) is consumed and
+//! more is produced. A checker compares the input with `promo.sessions` and prints lost,
+//! duplicated (by deterministic id), conflicting (one id, two contents), conflicting resends
+//! accepted and out-of-order counts.
 //!
 //! The short variant runs in CI. The full one (1,000,000 events, 20 kills):
 //! `BATTERY_EVENTS=1000000 BATTERY_KILLS=20 scripts/test.sh -p tillbridge-tests --test fault_battery -- --nocapture`.
@@ -10,10 +11,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use kit::events::{good_events, Sent};
+use kit::process::Instance;
+use kit::IdWatch;
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use tillbridge_core::config::Config;
@@ -26,111 +28,76 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The cashier of every conflicting resend: an original never has it.
+const CONFLICT_CASHIER: &str = "CONFLICTING-RESEND";
+
 /// `n` distinct events and, spread among them, resends of 5% of them (the same bytes, as a till
-/// resends what it is unsure was received); returned in production order with the originals.
+/// resends what it is unsure was received) and conflicting resends of 1% (the same id with other
+/// content, long after the original, so that its partition has likely moved between the two);
+/// returned in production order with the originals.
 fn workload(n: usize, seed: u64) -> (Vec<Sent>, Vec<pb::TillEvent>) {
     let (sent, events) = good_events(n, 48, seed);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let mut all = Vec::with_capacity(n + n / 20);
+    let mut all = Vec::with_capacity(n + n / 16);
     for (i, s) in sent.iter().enumerate() {
         all.push(s.clone());
         if i >= 100 && rng.gen_ratio(1, 20) {
             // A resend of an event produced a little earlier, on its own till's key.
             all.push(sent[rng.gen_range(i - 100..i)].clone());
         }
+        if i >= n / 10 && rng.gen_ratio(1, 100) {
+            // The same id with another cashier, on the original's key (so after it in its
+            // partition): ingest must refuse it as DUPLICATE_CONFLICT whoever owns the partition.
+            let j = rng.gen_range(i - n / 10..i);
+            let mut changed = events[j].clone();
+            changed.cashier_id = Some(CONFLICT_CASHIER.into());
+            all.push(Sent {
+                key: sent[j].key.clone(),
+                payload: changed.encode_to_vec(),
+                content_type: None,
+            });
+        }
     }
     (all, events)
 }
 
 /// An instance of `tillbridge run --stages ingest` with a state directory of its own.
-struct Instance {
-    config: Config,
-    log: std::path::PathBuf,
-    child: Option<Child>,
+fn ingest_instance(config: &Config, base: &std::path::Path, k: usize) -> Instance {
+    Instance::new(
+        config,
+        base,
+        &format!("instance-{k}"),
+        &["run", "--stages", "ingest"],
+        "info,tillbridge_ingest=warn",
+    )
 }
 
-impl Instance {
-    fn new(config: &Config, base: &std::path::Path, k: usize) -> Instance {
-        let mut config = config.clone();
-        config.state.dir = base.join(format!("instance-{k}"));
-        Instance {
-            config,
-            log: base.join(format!("instance-{k}.log")),
-            child: None,
+/// How often an instance's log says partitions were assigned, and replayed into a new state.
+fn rebalances(i: &Instance) -> (usize, usize) {
+    let text = i.log_text();
+    (
+        text.matches("partitions assigned").count(),
+        text.matches("replaying from the beginning").count(),
+    )
+}
+
+/// Waits until the group gave `i` a partition (a join takes seconds).
+fn await_partitions(i: &mut Instance) {
+    let start = Instant::now();
+    loop {
+        let given = i.log_text().lines().rev().any(|l| {
+            l.contains("partitions assigned") && !l.contains("partitions assigned partitions=0")
+        });
+        if given {
+            return;
         }
-    }
-
-    fn start(&mut self) {
-        assert!(self.child.is_none());
-        self.child = Some(kit::process::spawn_logged(
-            kit::process::with_config(&self.config)
-                .args(["run", "--stages", "ingest"])
-                .env("TILLBRIDGE_LOG", "info,tillbridge_ingest=warn"),
-            &self.log,
-        ));
-    }
-
-    fn running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => {
-                assert!(
-                    c.try_wait().unwrap().is_none(),
-                    "an instance exited; log:\n{}",
-                    kit::process::log_tail(&self.log)
-                );
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// How often its log says partitions were assigned, and replayed into a new state.
-    fn rebalances(&self) -> (usize, usize) {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        (
-            text.matches("partitions assigned").count(),
-            text.matches("replaying from the beginning").count(),
-        )
-    }
-
-    /// Waits until the group gave this instance a partition (a join takes seconds).
-    fn await_partitions(&mut self) {
-        let start = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let given = text.lines().rev().any(|l| {
-                l.contains("partitions assigned") && !l.contains("partitions assigned partitions=0")
-            });
-            if given {
-                return;
-            }
-            self.running();
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no partition within 60 s; log:\n{}",
-                kit::process::log_tail(&self.log)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM: it drains and leaves the group.
-    fn stop(&mut self) {
-        let mut child = self.child.take().unwrap();
-        kit::process::send_sigterm(&child);
-        let status = child.wait().unwrap();
+        i.running();
         assert!(
-            status.success(),
-            "an instance ended with {status} after SIGTERM; log:\n{}",
-            kit::process::log_tail(&self.log)
+            start.elapsed() < Duration::from_secs(60),
+            "no partition within 60 s; log:\n{}",
+            kit::process::log_tail(&i.log)
         );
-    }
-
-    /// SIGKILL: no drain, no leave; the group notices when its session expires.
-    fn kill(&mut self) {
-        let mut c = self.child.take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -141,51 +108,22 @@ struct Figures {
     lost: usize,
     duplicated: usize,
     conflicting: usize,
+    /// Conflicting resends that reached `promo.sessions` (each should be a dead letter).
+    conflicts_accepted: usize,
     out_of_order: usize,
 }
 
 /// Follows `promo.sessions`, counting distinct event ids.
-struct Watch {
-    tail: kit::Tail,
-    ids: BTreeSet<String>,
-    seen: usize,
-}
+struct Watch(IdWatch);
 
 impl Watch {
-    fn new(broker: &str, config: &Config) -> Watch {
-        Watch {
-            tail: kit::Tail::new(broker, &config.topics.sessions),
-            ids: BTreeSet::new(),
-            seen: 0,
-        }
-    }
-
-    fn poll(&mut self) -> usize {
-        self.tail.poll_for(Duration::from_millis(50));
-        for g in &self.tail.got[self.seen..] {
-            self.ids.insert(
-                pb::TillEvent::decode(g.payload.as_slice())
-                    .unwrap()
-                    .event_id,
-            );
-        }
-        self.seen = self.tail.got.len();
-        self.ids.len()
-    }
-
     /// Polls until `n` distinct ids arrived, checking that every running instance is alive.
     fn until(&mut self, n: usize, instances: &mut [Instance]) {
-        let start = Instant::now();
-        while self.poll() < n {
+        self.0.until(n, Duration::from_secs(300), || {
             for i in instances.iter_mut() {
                 i.running();
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(300),
-                "{} of {n} events after 300 s",
-                self.ids.len()
-            );
-        }
+        });
     }
 
     /// The checker: every input id once or more, every copy identical, and the events of one
@@ -196,17 +134,20 @@ impl Watch {
         let mut count: BTreeMap<String, usize> = BTreeMap::new();
         let mut last_seq: BTreeMap<(i32, String), u64> = BTreeMap::new();
         let mut f = Figures {
-            records: self.tail.got.len(),
+            records: self.0.tail.got.len(),
             ..Figures::default()
         };
         let mut first = BTreeSet::new();
-        for g in &self.tail.got {
+        for g in &self.0.tail.got {
             let ev = pb::TillEvent::decode(g.payload.as_slice()).unwrap();
             copies
                 .entry(ev.event_id.clone())
                 .or_default()
                 .insert(&g.payload);
             *count.entry(ev.event_id.clone()).or_default() += 1;
+            if ev.cashier_id.as_deref() == Some(CONFLICT_CASHIER) {
+                f.conflicts_accepted += 1;
+            }
             if first.insert(ev.event_id.clone()) {
                 let till = format!("{}/{}", ev.store_id, ev.till_id);
                 let last = last_seq.entry((g.partition, till)).or_insert(0);
@@ -248,17 +189,18 @@ async fn produce_during(
 fn report(name: &str, f: &Figures, started: Instant) {
     println!(
         "{name}: {} records on promo.sessions in {:.1} s; lost {}, duplicated (same id) {}, \
-         conflicting {}, out of order {}",
+         conflicting {}, conflicting resends accepted {}, out of order {}",
         f.records,
         started.elapsed().as_secs_f64(),
         f.lost,
         f.duplicated,
         f.conflicting,
+        f.conflicts_accepted,
         f.out_of_order
     );
     assert_eq!(
-        (f.lost, f.conflicting, f.out_of_order),
-        (0, 0, 0),
+        (f.lost, f.conflicting, f.conflicts_accepted, f.out_of_order),
+        (0, 0, 0, 0),
         "{name}: {f:?}"
     );
 }
@@ -284,20 +226,22 @@ async fn battery(
     let started = Instant::now();
     let producing = produce_during(&broker, &config, sent).await;
     let mut instances: Vec<Instance> = (0..instances)
-        .map(|k| Instance::new(&config, base.path(), k))
+        .map(|k| ingest_instance(&config, base.path(), k))
         .collect();
     let figures = tokio::task::spawn_blocking(move || {
-        let mut watch = Watch::new(&broker, &config);
+        let mut watch = Watch(IdWatch::new(&broker, &config.topics.sessions));
         script(n, &mut watch, &mut instances);
         watch.until(n, &mut instances);
         // What a late replay could still add.
-        watch.tail.poll_for(Duration::from_secs(2));
-        for i in instances.iter_mut().filter(|i| i.child.is_some()) {
-            i.stop();
+        watch.0.poll(Duration::from_secs(2));
+        for i in instances.iter_mut() {
+            if i.running() {
+                i.stop();
+            }
         }
-        watch.poll();
+        watch.0.poll(Duration::from_millis(50));
         for (k, i) in instances.iter().enumerate() {
-            let (assigned, replayed) = i.rebalances();
+            let (assigned, replayed) = rebalances(i);
             println!(
                 "{name}: instance {k}: {assigned} assignments, {replayed} partitions replayed \
                  from the beginning into a new state"
@@ -322,10 +266,10 @@ async fn instances_scaled_1_2_3_2_1_lose_nothing() {
             instances[0].start();
             watch.until(n * 15 / 100, instances);
             instances[1].start();
-            instances[1].await_partitions();
+            await_partitions(&mut instances[1]);
             watch.until(n * 30 / 100, instances);
             instances[2].start();
-            instances[2].await_partitions();
+            await_partitions(&mut instances[2]);
             watch.until(n * 50 / 100, instances);
             instances[2].stop();
             watch.until(n * 70 / 100, instances);
@@ -350,7 +294,7 @@ async fn sigkills_of_random_instances_lose_nothing() {
             instances[victim].kill();
             println!(
                 "SIGKILL #{k} of instance {victim} with {} events out",
-                watch.ids.len()
+                watch.0.ids.len()
             );
             instances[victim].start();
         }
@@ -372,7 +316,7 @@ async fn a_wiped_instance_rebuilds_its_partitions_from_the_topics() {
             watch.until(n * 40 / 100, instances);
             instances[1].stop();
             std::fs::remove_dir_all(&instances[1].config.state.dir).unwrap();
-            println!("instance 1 wiped with {} events out", watch.ids.len());
+            println!("instance 1 wiped with {} events out", watch.0.ids.len());
             instances[1].start();
         },
     )

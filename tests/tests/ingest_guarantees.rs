@@ -5,13 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
+use kit::process::Instance;
 use prost::Message;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tillbridge_core::config::Config;
 use tillbridge_proto::pb;
 
 fn ids_on(broker: &str, topic: &str) -> (Vec<String>, BTreeMap<String, BTreeSet<Vec<u8>>>) {
@@ -169,19 +168,8 @@ async fn twenty_thousand_events_with_duplicates_conflicts_malformed_and_cards() 
     }
 }
 
-/// The child process: ingest alone over `config`, short fetch waits, static membership.
-fn spawn_ingest(config: &Config, log: &std::path::Path) -> Child {
-    kit::process::spawn_logged(
-        kit::process::with_config(config)
-            .args(["run", "--stages", "ingest"])
-            .env(
-                "TILLBRIDGE_LOG",
-                "info,tillbridge_core=debug,tillbridge_ingest=warn",
-            ),
-        log,
-    )
-}
-
+/// One `tillbridge run --stages ingest` (short fetch waits, static membership) SIGKILLed five
+/// times at random points, then run to the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_event_is_lost_across_sigkills() {
     let Some(broker) = kit::broker() else {
@@ -202,77 +190,47 @@ async fn no_event_is_lost_across_sigkills() {
     let kafka = child_config.kafka.as_mut().unwrap();
     kafka.fetch_wait_max_ms = 10;
     kafka.instance_id = Some("crash-test".into());
-    let log = state.path().join("child.log");
+    let mut ingest = Instance::new(
+        &child_config,
+        state.path(),
+        "child",
+        &["run", "--stages", "ingest"],
+        "info,tillbridge_core=debug,tillbridge_ingest=warn",
+    );
     let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
     let b = broker.clone();
     let sessions = config.topics.sessions.clone();
     let kills = tokio::task::spawn_blocking(move || {
-        let mut tail = kit::Tail::new(&b, &sessions);
-        let mut ids: BTreeSet<String> = BTreeSet::new();
-        let mut seen = 0;
-        let absorb = |tail: &kit::Tail, ids: &mut BTreeSet<String>, seen: &mut usize| {
-            for g in &tail.got[*seen..] {
-                ids.insert(
-                    pb::TillEvent::decode(g.payload.as_slice())
-                        .unwrap()
-                        .event_id,
-                );
-            }
-            *seen = tail.got.len();
-        };
+        let mut watch = kit::IdWatch::new(&b, &sessions);
         let mut kills = 0;
         while kills < 5 {
-            let mut child = spawn_ingest(&child_config, &log);
+            ingest.start();
             // Kill it once it has made a random amount of progress (1% to 12% of the input).
             let step = rng.gen_range(n / 100..n / 8);
-            let target = (ids.len() + step).min(n - 1);
+            let target = (watch.ids.len() + step).min(n - 1);
             let start = Instant::now();
-            while ids.len() < target {
-                tail.poll_for(Duration::from_millis(20));
-                absorb(&tail, &mut ids, &mut seen);
-                assert!(
-                    child.try_wait().unwrap().is_none(),
-                    "child exited; see {}",
-                    log.display()
-                );
-                assert!(
-                    start.elapsed() < Duration::from_secs(180),
-                    "no progress; child log:\n{}",
-                    kit::process::log_tail(&log)
-                );
-            }
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+            watch.until(target, Duration::from_secs(180), || {
+                ingest.running();
+            });
+            ingest.kill();
             kills += 1;
             println!(
                 "SIGKILL #{kills} after {:?}, with {} distinct events on promo.sessions",
                 start.elapsed(),
-                ids.len()
+                watch.ids.len()
             );
         }
         // A last run to the end.
-        let mut child = spawn_ingest(&child_config, &log);
+        ingest.start();
         let start = Instant::now();
-        while ids.len() < n {
-            tail.poll_for(Duration::from_millis(100));
-            absorb(&tail, &mut ids, &mut seen);
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "child exited; see {}",
-                log.display()
-            );
-            assert!(
-                start.elapsed() < Duration::from_secs(300),
-                "did not finish; child log:\n{}",
-                kit::process::log_tail(&log)
-            );
-        }
+        watch.until(n, Duration::from_secs(300), || {
+            ingest.running();
+        });
         println!(
             "all {n} events on promo.sessions {:?} after the last restart",
             start.elapsed()
         );
-        child.kill().unwrap();
-        child.wait().unwrap();
+        ingest.kill();
         kills
     })
     .await

@@ -68,13 +68,13 @@ fn state_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl FraudGuard {
-    /// Opens the stage's state under `state_dir` (sub-directory `fraud-guard`). `report_key` is
-    /// the HMAC key of coupon fingerprints.
+    /// Opens the stage's state under `state_dir` (sub-directory `fraud-guard`).
+    /// `fingerprint_key` (`[fingerprint] key`) is the HMAC key of coupon fingerprints.
     pub fn open(
         state_dir: &Path,
         topics: &Topics,
         cfg: FraudGuardConfig,
-        report_key: &str,
+        fingerprint_key: &str,
     ) -> Result<Self, Error> {
         cfg.validate()?;
         let store = StateStore::open(&state_dir.join("fraud-guard"), STATE_FORMAT)?;
@@ -88,7 +88,7 @@ impl FraudGuard {
             .map_err(state_err)?;
         Ok(FraudGuard {
             topics: topics.clone(),
-            engine: Engine::new(cfg, CodeMasker::new(report_key), state),
+            engine: Engine::new(cfg, CodeMasker::new(fingerprint_key), state),
             store,
             tree,
             persisted,

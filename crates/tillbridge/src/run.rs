@@ -5,7 +5,7 @@ use std::fmt;
 
 use anyhow::Context;
 use tillbridge_core::config::Config;
-use tillbridge_core::log::BatchLimits;
+use tillbridge_core::log::{BatchLimits, Resume};
 use tillbridge_core::stage::{self, Processor, StageStats, Until};
 use tillbridge_fraud_guard::FraudGuard;
 use tillbridge_ingest::Ingest;
@@ -90,7 +90,9 @@ where
     // A partition the state has no position for is read from its beginning: a new or rebuilt
     // state replays its inputs, also after a crash half-way through that replay (the group's
     // committed offsets, from before the state was lost, are not its truth). A restored state
-    // has positions: it resumes where its restore ended.
+    // has positions: it resumes where its restore ended. On Kafka this holds at every
+    // assignment, not only at start (`Resume::State`): a partition that comes back from
+    // another member resumes where this state left it.
     let start = processor.positions()?;
     let from_start = processor.keeps_positions() || (processor.fresh_state() && start.is_empty());
     match transport {
@@ -100,7 +102,14 @@ where
             Ok(stage::run(name, &mut source, &sink, processor, limits, until, shutdown).await?)
         }
         Transport::Kafka(k) => {
-            let mut source = k.source(name, &topics, from_start, processor.order(), &start)?;
+            let resume = if processor.keeps_positions() {
+                Resume::State(start)
+            } else if from_start {
+                Resume::ReplayOnce
+            } else {
+                Resume::Committed
+            };
+            let mut source = k.source(name, &topics, resume, processor.order())?;
             let sink = k.sink()?;
             let result = stage::run(
                 name,

@@ -28,6 +28,23 @@ use super::merge::{Key, Merge};
 use crate::config::KafkaConfig;
 use crate::{Error, Result};
 
+/// Where a stage's consumer starts each partition it is assigned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// At the group's committed offset (a state without positions, not new).
+    Committed,
+    /// From the beginning at the partition's first assignment to this process, then at the
+    /// committed offset (a new state without positions: the delivery stage's new outbox).
+    ReplayOnce,
+    /// At the state's own position, at every assignment: the positions the state held at start,
+    /// then those of every batch it acknowledged. A partition the state holds no position for is
+    /// read from its beginning. A partition that comes back after another member owned it is
+    /// read again from where this state left it, so the state learns what the other member
+    /// accepted (ingest then still refuses a conflicting resend of an event the other accepted),
+    /// at the cost of re-sending identical records.
+    State(BTreeMap<(String, i32), i64>),
+}
+
 /// Factory of Kafka consumers, producers and admin calls for one cluster.
 #[derive(Clone, Debug)]
 pub struct KafkaLog {
@@ -51,24 +68,21 @@ impl KafkaLog {
         }
     }
 
-    /// A consumer in group `{group_prefix}.{stage}` subscribed to `topics`; with `from_start`
-    /// (the stage's state has not read the partitions `start` does not name, so it must replay
-    /// them), every partition this process is assigned for the first time, and for which `start`
-    /// holds no position, is read from its beginning. The group's committed offsets are left alone: the other members
-    /// of the group keep theirs. With [`Order::RecordTime`], `topics` must be one topic.
+    /// A consumer in group `{group_prefix}.{stage}` subscribed to `topics`, starting each
+    /// partition it is assigned as `resume` says. The group's committed offsets are never rewound
+    /// as a whole: the other members of the group keep theirs. With [`Order::RecordTime`],
+    /// `topics` must be one topic.
     ///
-    /// `start` holds the next offset of each partition as the stage's state reflects it: the
-    /// state and its positions are written together, so they are the truth, and the committed
-    /// offsets only follow them. At its first assignment a partition resumes there instead of at
-    /// the committed offset: a state older than the commits (sled served an earlier version)
-    /// re-reads what it lacks, a state ahead of them skips what it already holds.
+    /// With [`Resume::State`], the state and its positions are written together, so they are the
+    /// truth, and the committed offsets only follow them: a state older than the commits (sled
+    /// served an earlier version, or another member owned the partition meanwhile) re-reads what
+    /// it lacks, a state ahead of them skips what it already holds.
     pub fn source(
         &self,
         stage: &str,
         topics: &[&str],
-        from_start: bool,
+        resume: Resume,
         order: Order,
-        start: &BTreeMap<(String, i32), i64>,
     ) -> Result<KafkaSource> {
         let merged = order == Order::RecordTime;
         if merged && topics.len() != 1 {
@@ -107,15 +121,14 @@ impl KafkaLog {
         }
         self.apply_properties(&mut c);
         let consumer: StreamConsumer<CommitBeforeRevoke> = c
-            .create_with_context(CommitBeforeRevoke {
-                group: group.clone(),
-                start: std::sync::Mutex::new(start.clone()),
-                from_start,
-                seen: Default::default(),
-            })
+            .create_with_context(CommitBeforeRevoke::new(&group, resume.clone()))
             .map_err(kafka_err)?;
-        if from_start {
-            tracing::warn!(%group, "stage state is new: its partitions are replayed from the beginning");
+        match &resume {
+            Resume::ReplayOnce => tracing::warn!(%group,
+                "stage state is new: its partitions are replayed from the beginning"),
+            Resume::State(p) if p.is_empty() => tracing::warn!(%group,
+                "stage state holds no position: its partitions are replayed from the beginning"),
+            _ => {}
         }
         consumer.subscribe(topics).map_err(kafka_err)?;
         let merge = merged.then(|| Merge::new(MERGE_HOLD, MERGE_MAX_QUEUED));
@@ -147,12 +160,7 @@ impl KafkaLog {
             );
         self.apply_properties(&mut c);
         let consumer: StreamConsumer<CommitBeforeRevoke> = c
-            .create_with_context(CommitBeforeRevoke {
-                group: group.clone(),
-                start: Default::default(),
-                from_start: false,
-                seen: Default::default(),
-            })
+            .create_with_context(CommitBeforeRevoke::new(&group, Resume::Committed))
             .map_err(kafka_err)?;
         let timeout = Duration::from_secs(10);
         let md = settled(|| consumer.fetch_metadata(Some(topic), timeout))?;
@@ -275,14 +283,56 @@ fn kafka_err(e: KafkaError) -> Error {
 #[derive(Debug)]
 pub struct CommitBeforeRevoke {
     group: String,
-    /// Where the stage's state says each partition resumes (its next offset), applied at the
-    /// partition's first assignment instead of the committed offset. See [`KafkaLog::source`].
-    start: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
-    /// The stage's state is new: a partition with no position in `start` is read from its
-    /// beginning at its first assignment to this process.
-    from_start: bool,
+    /// Where each assigned partition starts; with [`Resume::State`], its positions follow
+    /// every acknowledged batch ([`KafkaSource::ack`]).
+    resume: std::sync::Mutex<Resume>,
     /// The partitions this process has been assigned at least once.
     seen: std::sync::Mutex<std::collections::BTreeSet<(String, i32)>>,
+}
+
+impl CommitBeforeRevoke {
+    fn new(group: &str, resume: Resume) -> Self {
+        CommitBeforeRevoke {
+            group: group.to_owned(),
+            resume: std::sync::Mutex::new(resume),
+            seen: Default::default(),
+        }
+    }
+
+    /// Where partition `key` starts at this assignment; `None` for the committed offset.
+    fn start_of(&self, key: &(String, i32), first: bool) -> Option<Offset> {
+        let resume = self.resume.lock().ok()?;
+        match &*resume {
+            Resume::Committed => None,
+            Resume::ReplayOnce if first => {
+                tracing::info!(topic = %key.0, partition = key.1,
+                    "replaying from the beginning into the new state");
+                Some(Offset::Beginning)
+            }
+            Resume::ReplayOnce => None,
+            Resume::State(positions) => match positions.get(key) {
+                Some(next) => {
+                    tracing::info!(topic = %key.0, partition = key.1, next = *next,
+                        "resuming where the stage's state is");
+                    Some(Offset::Offset(*next))
+                }
+                None => {
+                    tracing::info!(topic = %key.0, partition = key.1,
+                        "replaying from the beginning into the new state");
+                    Some(Offset::Beginning)
+                }
+            },
+        }
+    }
+
+    /// Takes note that the state now reflects `partition` up to `next` (exclusive).
+    fn advanced(&self, topic: &str, partition: i32, next: i64) {
+        if let Ok(mut resume) = self.resume.lock() {
+            if let Resume::State(positions) = &mut *resume {
+                positions.insert((topic.to_owned(), partition), next);
+            }
+        }
+    }
 }
 
 impl ClientContext for CommitBeforeRevoke {
@@ -311,32 +361,24 @@ impl ConsumerContext for CommitBeforeRevoke {
         match err {
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut resumed = TopicPartitionList::new();
-                if let (Ok(mut start), Ok(mut seen)) = (self.start.lock(), self.seen.lock()) {
-                    let keys: Vec<(String, i32)> = tpl
-                        .elements()
-                        .iter()
-                        .map(|e| (e.topic().to_owned(), e.partition()))
-                        .collect();
-                    for key in keys {
-                        let first = seen.insert(key.clone());
-                        let next = match start.remove(&key) {
-                            Some(next) => {
-                                tracing::info!(topic = %key.0, partition = key.1, next,
-                                    "resuming where the stage's state is");
-                                Offset::Offset(next)
-                            }
-                            None if first && self.from_start => {
-                                tracing::info!(topic = %key.0, partition = key.1,
-                                    "replaying from the beginning into the new state");
-                                Offset::Beginning
-                            }
-                            None => continue,
-                        };
-                        // Only fails for a partition not in the list, which it is.
-                        let _ = tpl.set_partition_offset(&key.0, key.1, next);
-                        if let Offset::Offset(_) = next {
-                            let _ = resumed.add_partition_offset(&key.0, key.1, next);
-                        }
+                let keys: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                for key in keys {
+                    let first = self
+                        .seen
+                        .lock()
+                        .map(|mut s| s.insert(key.clone()))
+                        .unwrap_or(false);
+                    let Some(next) = self.start_of(&key, first) else {
+                        continue;
+                    };
+                    // Only fails for a partition not in the list, which it is.
+                    let _ = tpl.set_partition_offset(&key.0, key.1, next);
+                    if let Offset::Offset(_) = next {
+                        let _ = resumed.add_partition_offset(&key.0, key.1, next);
                     }
                 }
                 self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
@@ -610,6 +652,10 @@ impl Source for KafkaSource {
             *e = (*e).max(p.offset);
         }
         for ((topic, partition), offset) in highest {
+            // The state reflects the partition up to here, whoever owns it now.
+            self.consumer
+                .context()
+                .advanced(topic, partition, offset + 1);
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))
                 .map_err(kafka_err)?;

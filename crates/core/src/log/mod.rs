@@ -14,4 +14,4 @@ mod merge;
 
 pub use api::*;
 pub use embedded::{EmbeddedLog, EmbeddedSink, EmbeddedSource};
-pub use kafka::{KafkaLog, KafkaSink, KafkaSource};
+pub use kafka::{KafkaLog, KafkaSink, KafkaSource, Resume};
