@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -403,6 +404,10 @@ impl Tail {
         while start.elapsed() < d {
             match self.consumer.poll(Duration::from_millis(20)) {
                 Some(Ok(m)) => self.got.push(got(&m)),
+                // A broker restarted by the test: the client reconnects by itself.
+                Some(Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+                ))) => {}
                 Some(Err(e)) => panic!("consume error: {e}"),
                 None => {}
             }

@@ -184,3 +184,62 @@ impl Instance {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+/// Runs `scripts/test-broker.sh {action} {dir}` and returns what it printed (for `start`, the
+/// broker's address).
+pub fn broker_script(action: &str, dir: &Path) -> String {
+    let out = Command::new("bash")
+        .arg(workspace_file("scripts/test-broker.sh"))
+        .arg(action)
+        .arg(dir)
+        .output()
+        .expect("run test-broker.sh");
+    assert!(
+        out.status.success(),
+        "test-broker.sh {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A broker of a test's own (its files in `dir`), killed whatever happens to the test.
+#[derive(Debug)]
+pub struct OwnBroker {
+    pub dir: PathBuf,
+    pub address: String,
+}
+
+impl OwnBroker {
+    /// Starts a broker in `dir` (the shared broker's presence says the jars are installed).
+    pub fn start(dir: &Path) -> OwnBroker {
+        let address = broker_script("start", dir);
+        OwnBroker {
+            dir: dir.to_owned(),
+            address,
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&self) {
+        broker_script("kill", &self.dir);
+    }
+
+    /// Starts it again on the same ports and data; panics if the address changed.
+    pub fn restart(&self) {
+        assert_eq!(
+            broker_script("start", &self.dir),
+            self.address,
+            "same address"
+        );
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(workspace_file("scripts/test-broker.sh"))
+            .arg("kill")
+            .arg(&self.dir)
+            .output();
+    }
+}

@@ -6,41 +6,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use tillbridge::{Stages, Transport};
 use tokio_util::sync::CancellationToken;
-
-fn broker_script(action: &str, dir: &Path) -> String {
-    let script = kit::process::workspace_file("scripts/test-broker.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(action)
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "test-broker.sh {action}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// Stops the test's broker whatever happens to the test.
-struct OwnBroker(std::path::PathBuf);
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(kit::process::workspace_file("scripts/test-broker.sh"))
-            .arg("kill")
-            .arg(&self.0)
-            .output();
-    }
-}
 
 fn event_ids(got: &[kit::Got]) -> BTreeSet<Vec<u8>> {
     got.iter()
@@ -60,9 +29,8 @@ async fn ingest_waits_out_a_broker_restart_and_loses_nothing() {
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().unwrap();
-    let broker_dir = dir.path().join("broker");
-    let broker = broker_script("start", &broker_dir);
-    let _guard = OwnBroker(broker_dir.clone());
+    let own = kit::process::OwnBroker::start(&dir.path().join("broker"));
+    let broker = own.address.clone();
     let state = tempfile::tempdir().unwrap();
     let config = kit::config(&broker, state.path()).await;
     let (sent, events) = kit::events::good_events(400, 16, 21);
@@ -97,14 +65,14 @@ async fn ingest_waits_out_a_broker_restart_and_loses_nothing() {
 
     // The outage: the broker dies, stays down for a few seconds, and comes back on its port
     // with its data.
-    broker_script("kill", &broker_dir);
+    own.kill();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
         !run.is_finished(),
         "ingest stopped while the broker was down: {:?}",
         (&mut run).await
     );
-    assert_eq!(broker_script("start", &broker_dir), broker, "same address");
+    own.restart();
 
     let producer = kit::producer(&broker);
     kit::produce_sent(&producer, &config.topics.till_events, &sent[200..]).await;

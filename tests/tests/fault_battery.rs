@@ -1,6 +1,6 @@
 //! The fault battery (issue: scale out on Kafka), on the Apache Kafka broker the test scripts
 //! start: ingest instances join and leave one consumer group, or are SIGKILLed and restarted,
-//! while a backlog of till events (with 5% resends and 1% conflicting resends) is consumed and
+//! or run while a broker of the scenario's own is SIGKILLed and restarted, while a backlog of till events (with 5% resends and 1% conflicting resends) is consumed and
 //! more is produced. A checker compares the input with `promo.sessions` and prints lost,
 //! duplicated (by deterministic id), conflicting (one id, two contents), conflicting resends
 //! accepted and out-of-order counts.
@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use kit::events::{good_events, Sent};
-use kit::process::Instance;
+use kit::process::{Instance, OwnBroker};
 use kit::IdWatch;
 use prost::Message;
 use rand::{Rng, SeedableRng};
@@ -72,12 +72,14 @@ fn ingest_instance(config: &Config, base: &std::path::Path, k: usize) -> Instanc
     )
 }
 
-/// How often an instance's log says partitions were assigned, and replayed into a new state.
-fn rebalances(i: &Instance) -> (usize, usize) {
+/// How often an instance's log says partitions were assigned, replayed into a new state, and
+/// that a send failed and was retried.
+fn rebalances(i: &Instance) -> (usize, usize, usize) {
     let text = i.log_text();
     (
         text.matches("partitions assigned").count(),
         text.matches("replaying from the beginning").count(),
+        text.matches("send failed, retrying").count(),
     )
 }
 
@@ -167,19 +169,19 @@ impl Watch {
     }
 }
 
-/// Produces the first half of `sent` now and returns a task producing the rest in the
-/// background (the run goes on while instances come and go).
+/// Produces the first `before` records of `sent` now and returns a task producing the rest in
+/// the background (the run goes on while instances come and go).
 async fn produce_during(
     broker: &str,
     config: &Config,
     sent: Vec<Sent>,
+    before: usize,
 ) -> tokio::task::JoinHandle<()> {
     let producer = kit::producer(broker);
-    let half = sent.len() / 2;
-    kit::produce_sent(&producer, &config.topics.till_events, &sent[..half]).await;
+    kit::produce_sent(&producer, &config.topics.till_events, &sent[..before]).await;
     let topic = config.topics.till_events.clone();
     tokio::spawn(async move {
-        for chunk in sent[half..].chunks(2000) {
+        for chunk in sent[before..].chunks(2000) {
             kit::produce_sent(&producer, &topic, chunk).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -205,32 +207,51 @@ fn report(name: &str, f: &Figures, started: Instant) {
     );
 }
 
+/// Which broker a scenario runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Broker {
+    /// The suite's broker; half the workload is produced while the script runs.
+    Shared,
+    /// A broker of the scenario's own, which the script may kill and restart; the whole
+    /// workload is produced before the script runs.
+    Own,
+}
+
 /// One scenario: `instances` ingest instances over a fresh set of topics (tuned by `tune`), the
-/// workload of `seed` produced half before and half during `script`, which starts, stops and
-/// kills instances as the output grows; then every instance is stopped and the checker runs.
+/// workload of `seed` produced before and (on the shared broker) during `script`, which starts,
+/// stops and kills instances (and its own broker) as the output grows; then every instance is
+/// stopped and the checker runs.
 async fn battery(
     name: &'static str,
+    on: Broker,
     instances: usize,
     seed: u64,
     tune: impl FnOnce(&mut Config),
-    script: impl FnOnce(usize, &mut Watch, &mut [Instance]) + Send + 'static,
+    script: impl FnOnce(usize, &mut Watch, &mut [Instance], Option<&OwnBroker>) + Send + 'static,
 ) {
-    let Some(broker) = kit::broker() else {
+    let Some(shared) = kit::broker() else {
         return;
     };
     let n = env_or("BATTERY_EVENTS", 20_000);
     let base = tempfile::tempdir().unwrap();
+    let own = (on == Broker::Own).then(|| OwnBroker::start(&base.path().join("broker")));
+    let broker = own.as_ref().map_or(shared, |b| b.address.clone());
     let mut config = kit::config(&broker, &base.path().join("state")).await;
     tune(&mut config);
     let (sent, events) = workload(n, seed);
     let started = Instant::now();
-    let producing = produce_during(&broker, &config, sent).await;
+    let before = if own.is_some() {
+        sent.len()
+    } else {
+        sent.len() / 2
+    };
+    let producing = produce_during(&broker, &config, sent, before).await;
     let mut instances: Vec<Instance> = (0..instances)
         .map(|k| ingest_instance(&config, base.path(), k))
         .collect();
     let figures = tokio::task::spawn_blocking(move || {
         let mut watch = Watch(IdWatch::new(&broker, &config.topics.sessions));
-        script(n, &mut watch, &mut instances);
+        script(n, &mut watch, &mut instances, own.as_ref());
         watch.until(n, &mut instances);
         // What a late replay could still add.
         watch.0.poll(Duration::from_secs(2));
@@ -241,10 +262,10 @@ async fn battery(
         }
         watch.0.poll(Duration::from_millis(50));
         for (k, i) in instances.iter().enumerate() {
-            let (assigned, replayed) = rebalances(i);
+            let (assigned, replayed, retried) = rebalances(i);
             println!(
                 "{name}: instance {k}: {assigned} assignments, {replayed} partitions replayed \
-                 from the beginning into a new state"
+                 from the beginning into a new state, {retried} failed sends retried"
             );
         }
         watch.figures(&events)
@@ -259,10 +280,11 @@ async fn battery(
 async fn instances_scaled_1_2_3_2_1_lose_nothing() {
     battery(
         "scaled 1 -> 2 -> 3 -> 2 -> 1",
+        Broker::Shared,
         3,
         21,
         |_| {},
-        |n, watch, instances| {
+        |n, watch, instances, _| {
             instances[0].start();
             watch.until(n * 15 / 100, instances);
             instances[1].start();
@@ -283,22 +305,29 @@ async fn instances_scaled_1_2_3_2_1_lose_nothing() {
 async fn sigkills_of_random_instances_lose_nothing() {
     let kills = env_or("BATTERY_KILLS", 4);
     let tune = |c: &mut Config| c.kafka.as_mut().unwrap().fetch_wait_max_ms = 10;
-    battery("SIGKILLs", 2, 22, tune, move |n, watch, instances| {
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(23);
-        for i in instances.iter_mut() {
-            i.start();
-        }
-        for k in 1..=kills {
-            watch.until(n * k / (kills + 2), instances);
-            let victim = rng.gen_range(0..instances.len());
-            instances[victim].kill();
-            println!(
-                "SIGKILL #{k} of instance {victim} with {} events out",
-                watch.0.ids.len()
-            );
-            instances[victim].start();
-        }
-    })
+    battery(
+        "SIGKILLs",
+        Broker::Shared,
+        2,
+        22,
+        tune,
+        move |n, watch, instances, _| {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(23);
+            for i in instances.iter_mut() {
+                i.start();
+            }
+            for k in 1..=kills {
+                watch.until(n * k / (kills + 2), instances);
+                let victim = rng.gen_range(0..instances.len());
+                instances[victim].kill();
+                println!(
+                    "SIGKILL #{k} of instance {victim} with {} events out",
+                    watch.0.ids.len()
+                );
+                instances[victim].start();
+            }
+        },
+    )
     .await;
 }
 
@@ -306,10 +335,11 @@ async fn sigkills_of_random_instances_lose_nothing() {
 async fn a_wiped_instance_rebuilds_its_partitions_from_the_topics() {
     battery(
         "a wiped instance",
+        Broker::Shared,
         2,
         24,
         |_| {},
-        |n, watch, instances| {
+        |n, watch, instances, _| {
             for i in instances.iter_mut() {
                 i.start();
             }
@@ -318,6 +348,48 @@ async fn a_wiped_instance_rebuilds_its_partitions_from_the_topics() {
             std::fs::remove_dir_all(&instances[1].config.state.dir).unwrap();
             println!("instance 1 wiped with {} events out", watch.0.ids.len());
             instances[1].start();
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarts_lose_nothing() {
+    // The producer's message timeout, short so that one outage outlasts it.
+    const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+    let restarts = env_or("BATTERY_BROKER_RESTARTS", 5);
+    let tune = |c: &mut Config| c.kafka.as_mut().unwrap().delivery_timeout = DELIVERY_TIMEOUT;
+    battery(
+        "broker restarts",
+        Broker::Own,
+        2,
+        25,
+        tune,
+        move |n, watch, instances, broker| {
+            let broker = broker.unwrap();
+            for i in instances.iter_mut() {
+                i.start();
+            }
+            for k in 1..=restarts {
+                watch.until(n * k / (restarts + 2), instances);
+                broker.kill();
+                // The last outage outlasts the producer's message timeout: the sends in flight
+                // fail, and the stage must retry them, not skip them or stop.
+                let down = if k == restarts {
+                    DELIVERY_TIMEOUT + Duration::from_secs(3)
+                } else {
+                    Duration::from_secs(2)
+                };
+                std::thread::sleep(down);
+                for i in instances.iter_mut() {
+                    i.running();
+                }
+                broker.restart();
+                println!(
+                    "broker restart #{k}: down {down:?} with {} events out",
+                    watch.0.ids.len()
+                );
+            }
         },
     )
     .await;
