@@ -185,6 +185,16 @@ impl Instance {
     }
 }
 
+/// A failed test leaves no process behind.
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Runs `scripts/test-broker.sh {action} {dir}` and returns what it printed (for `start`, the
 /// broker's address).
 pub fn broker_script(action: &str, dir: &Path) -> String {

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use kit::process::Instance;
 use kit::same_answers::{backlog, in_sync_order, records, wipe, Outcome, FINGERPRINT_KEY};
 use tillbridge::{Stages, Transport};
 use tillbridge_core::config::Config;
@@ -182,5 +183,83 @@ async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wip
         reference.outstanding.len(),
         reference.alerts.len(),
         reference.rules().len()
+    );
+}
+
+/// Two `tillbridge run` processes with every stage, each with a state of its own, in the same
+/// consumer groups, while the records arrive live: the deployment's outstanding compensations,
+/// alerts and report (from the topics) are the embedded single-instance run's. A third process
+/// joins halfway, so partitions move while records arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_instances_give_the_single_instance_answers() {
+    let Some(broker) = kit::broker() else {
+        return;
+    };
+    let reference = std::sync::Arc::new(backlog(2000, false).await);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = kit::config(&broker, &dir.path().join("state")).await;
+    config.fingerprint.key = FINGERPRINT_KEY.into();
+    let recs = in_sync_order(records(&config));
+    let mut instances: Vec<Instance> = (0..3)
+        .map(|k| {
+            Instance::new(
+                &config,
+                dir.path(),
+                &format!("instance-{k}"),
+                &["run"],
+                "info,tillbridge_ingest=warn",
+            )
+        })
+        .collect();
+    instances[0].start();
+    instances[1].start();
+    let chunks: Vec<_> = recs.chunks(40).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        if i == chunks.len() / 2 {
+            instances[2].start();
+        }
+        kit::produce_records(&broker, chunk.to_vec()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (b, c, r) = (broker.clone(), config.clone(), reference.clone());
+    let settled = kit::await_condition(Duration::from_secs(240), move || {
+        kafka_outcome(&b, &c, r.report.clone()).compare(&r)
+    });
+    let mut alive = tokio::time::interval(Duration::from_millis(500));
+    tokio::pin!(settled);
+    loop {
+        tokio::select! {
+            _ = &mut settled => break,
+            _ = alive.tick() => {
+                for i in instances.iter_mut() {
+                    i.running();
+                }
+            }
+        }
+    }
+    for i in instances.iter_mut() {
+        i.stop();
+    }
+    // The deployment's report, as an analyst makes it: from the topics, on another machine.
+    let out = dir.path().join("report");
+    let (ok, stdout, stderr) = kit::process::output(
+        kit::process::with_config(&config)
+            .args(["report", "--out"])
+            .arg(&out),
+    );
+    assert!(ok, "{stdout}{stderr}");
+    let got = kafka_outcome(
+        &broker,
+        &config,
+        std::fs::read(out.join("report.json")).unwrap(),
+    );
+    if let Err(e) = got.compare(&reference) {
+        panic!("three instances on Kafka: {e}");
+    }
+    println!(
+        "three instances on Kafka: {} outstanding compensations, {} alerts, report.json: no \
+         difference from the embedded single-instance run",
+        reference.outstanding.len(),
+        reference.alerts.len()
     );
 }

@@ -60,6 +60,14 @@ pub trait Processor: Send {
         false
     }
 
+    /// Whether the stage judges its inputs as a whole (rules across partitions, a catalog it
+    /// must see entirely), so that every instance reads every partition instead of a share of
+    /// them: several instances then compute the same outputs (same ids, same content), each a
+    /// hot standby of the others, and none judges from half the facts.
+    fn whole_input(&self) -> bool {
+        false
+    }
+
     /// Waits until the processor can take another batch. A processor with a bounded buffer
     /// behind it (the HTTP outbox) waits here while the buffer is full, so the stage stops
     /// consuming (backpressure) instead of growing the buffer. The default is ready at once.

@@ -212,6 +212,11 @@ impl Processor for FraudGuard {
         Order::RecordTime
     }
 
+    /// Every partition: the rules span tills, stores and cashiers, over one record-time order.
+    fn whole_input(&self) -> bool {
+        true
+    }
+
     fn keeps_positions(&self) -> bool {
         true
     }

@@ -176,6 +176,13 @@ impl Processor for Reconciler {
         Ok(out)
     }
 
+    /// Every partition: a coupon's ledger needs its definition (on `promo.coupons`, which the
+    /// promotion core's client partitions, not necessarily as tillbridge partitions
+    /// `tillbridge.redemptions`) and every redemption of it; a profile's ledger likewise.
+    fn whole_input(&self) -> bool {
+        true
+    }
+
     fn keeps_positions(&self) -> bool {
         true
     }

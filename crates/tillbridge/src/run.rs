@@ -109,7 +109,8 @@ where
             } else {
                 Resume::Committed
             };
-            let mut source = k.source(name, &topics, resume, processor.order())?;
+            let whole = processor.whole_input();
+            let mut source = k.source(name, &topics, resume, processor.order(), whole)?;
             let sink = k.sink()?;
             let result = stage::run(
                 name,

@@ -73,6 +73,10 @@ impl KafkaLog {
     /// as a whole: the other members of the group keep theirs. With [`Order::RecordTime`],
     /// `topics` must be one topic.
     ///
+    /// With `whole`, the consumer does not join the group: it is assigned every partition of
+    /// `topics` (read at start) and commits its offsets under the group's name, so every instance
+    /// of the stage reads everything (see [`crate::stage::Processor::whole_input`]).
+    ///
     /// With [`Resume::State`], the state and its positions are written together, so they are the
     /// truth, and the committed offsets only follow them: a state older than the commits (sled
     /// served an earlier version, or another member owned the partition meanwhile) re-reads what
@@ -83,6 +87,7 @@ impl KafkaLog {
         topics: &[&str],
         resume: Resume,
         order: Order,
+        whole: bool,
     ) -> Result<KafkaSource> {
         let merged = order == Order::RecordTime;
         if merged && topics.len() != 1 {
@@ -130,7 +135,11 @@ impl KafkaLog {
                 "stage state holds no position: its partitions are replayed from the beginning"),
             _ => {}
         }
-        consumer.subscribe(topics).map_err(kafka_err)?;
+        if whole {
+            assign_every_partition(&consumer, topics)?;
+        } else {
+            consumer.subscribe(topics).map_err(kafka_err)?;
+        }
         let merge = merged.then(|| Merge::new(MERGE_HOLD, MERGE_MAX_QUEUED));
         Ok(KafkaSource {
             consumer,
@@ -247,6 +256,55 @@ const SETTLE_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Runs a blocking admin-style call, retrying transient errors (no leader yet, broker not
 /// reachable) for up to [`SETTLE_FOR`].
+/// Assigns `consumer` every partition of `topics`, each starting where its context's resume rule
+/// says (the committed offset otherwise).
+fn assign_every_partition(
+    consumer: &StreamConsumer<CommitBeforeRevoke>,
+    topics: &[&str],
+) -> Result<()> {
+    let timeout = Duration::from_secs(10);
+    let mut tpl = TopicPartitionList::new();
+    let mut resumed = TopicPartitionList::new();
+    for topic in topics {
+        let md = settled(|| consumer.fetch_metadata(Some(topic), timeout))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(Error::Config(format!(
+                "topic {topic} has no partitions: create the topics first (tillbridge create-topics)"
+            )));
+        }
+        for p in partitions {
+            let key = ((*topic).to_owned(), p);
+            if let Ok(mut seen) = consumer.context().seen.lock() {
+                seen.insert(key.clone());
+            }
+            let start = consumer.context().start_of(&key, true);
+            tpl.add_partition_offset(topic, p, start.unwrap_or(Offset::Stored))
+                .map_err(kafka_err)?;
+            if let Some(o @ Offset::Offset(_)) = start {
+                resumed
+                    .add_partition_offset(topic, p, o)
+                    .map_err(kafka_err)?;
+            }
+        }
+    }
+    consumer.assign(&tpl).map_err(kafka_err)?;
+    if resumed.count() > 0 {
+        if let Err(e) = consumer.store_offsets(&resumed) {
+            tracing::debug!(error = %e, "resumed positions not stored");
+        }
+    }
+    tracing::info!(
+        partitions = tpl.count(),
+        "every partition of the input assigned (the stage judges its input as a whole)"
+    );
+    Ok(())
+}
+
 fn settled<T>(mut call: impl FnMut() -> std::result::Result<T, KafkaError>) -> Result<T> {
     let start = std::time::Instant::now();
     loop {
