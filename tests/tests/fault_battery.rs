@@ -72,14 +72,24 @@ fn ingest_instance(config: &Config, base: &std::path::Path, k: usize) -> Instanc
     )
 }
 
-/// How often an instance's log says partitions were assigned, replayed into a new state, and
-/// that a send failed and was retried.
-fn rebalances(i: &Instance) -> (usize, usize, usize) {
+/// What an instance's log says: partitions assigned, replayed into a new state, sends that
+/// failed and were retried, and restores from the topic (each finished one's records and rate).
+fn rebalances(i: &Instance) -> (usize, usize, usize, Vec<(u64, u64)>) {
     let text = i.log_text();
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let at = line.find(&format!(" {name}="))? + name.len() + 2;
+        line[at..].split(' ').next()?.parse().ok()
+    };
+    let restores = text
+        .lines()
+        .filter(|l| l.contains("restored the stage's state of a partition"))
+        .filter_map(|l| Some((field(l, "records")?, field(l, "records_per_second")?)))
+        .collect();
     (
         text.matches("partitions assigned").count(),
         text.matches("replaying from the beginning").count(),
         text.matches("send failed, retrying").count(),
+        restores,
     )
 }
 
@@ -262,10 +272,16 @@ async fn battery(
         }
         watch.0.poll(Duration::from_millis(50));
         for (k, i) in instances.iter().enumerate() {
-            let (assigned, replayed, retried) = rebalances(i);
+            let (assigned, replayed, retried, restores) = rebalances(i);
+            let rates: Vec<String> = restores
+                .iter()
+                .map(|(n, r)| format!("{n} records at {r}/s"))
+                .collect();
             println!(
                 "{name}: instance {k}: {assigned} assignments, {replayed} partitions replayed \
-                 from the beginning into a new state, {retried} failed sends retried"
+                 from the beginning into a new state, {retried} failed sends retried; \
+                 restores finished: [{}]",
+                rates.join(", ")
             );
         }
         watch.figures(&events)
@@ -347,7 +363,21 @@ async fn a_wiped_instance_rebuilds_its_partitions_from_the_topics() {
             instances[1].stop();
             std::fs::remove_dir_all(&instances[1].config.state.dir).unwrap();
             println!("instance 1 wiped with {} events out", watch.0.ids.len());
+            let mark = instances[1].log_text().len();
             instances[1].start();
+            // It reports the restore of the partitions it is given, and its end.
+            let start = Instant::now();
+            while !instances[1].log_text()[mark..]
+                .contains("restored the stage's state of a partition from the topic")
+            {
+                instances[1].running();
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "no restore finished within 120 s; log:\n{}",
+                    kit::process::log_tail(&instances[1].log)
+                );
+                watch.0.poll(Duration::from_millis(50));
+            }
         },
     )
     .await;

@@ -122,6 +122,16 @@ pub static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Records a stage still has to read, per partition, to rebuild its state from the topic (a new
+/// state, or a partition back from another member); 0 once caught up.
+pub static RESTORE_REMAINING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tillbridge_restore_records_remaining",
+        "Records a stage still has to read to rebuild its state of a partition from the topic.",
+        &["group", "topic", "partition"],
+    )
+});
+
 /// Records routed by ingest, per destination topic (session records and facts).
 pub static ROUTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(

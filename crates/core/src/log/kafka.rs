@@ -283,6 +283,9 @@ fn assign_every_partition(
                 seen.insert(key.clone());
             }
             let start = consumer.context().start_of(&key, true);
+            if let Some(o) = start {
+                consumer.context().track_restore(consumer, &key, o);
+            }
             tpl.add_partition_offset(topic, p, start.unwrap_or(Offset::Stored))
                 .map_err(kafka_err)?;
             if let Some(o @ Offset::Offset(_)) = start {
@@ -346,7 +349,22 @@ pub struct CommitBeforeRevoke {
     resume: std::sync::Mutex<Resume>,
     /// The partitions this process has been assigned at least once.
     seen: std::sync::Mutex<std::collections::BTreeSet<(String, i32)>>,
+    /// The partitions whose state is being rebuilt from the topic, with its progress.
+    restoring: std::sync::Mutex<BTreeMap<(String, i32), Restoring>>,
 }
+
+/// A partition whose state a stage rebuilds from the topic: read from `from` (the beginning or
+/// where the state left it) to `target`, the end of the partition when it was assigned.
+#[derive(Debug)]
+struct Restoring {
+    from: i64,
+    target: i64,
+    started: std::time::Instant,
+    logged: std::time::Instant,
+}
+
+/// How often a restore's progress is logged.
+const RESTORE_LOG_EVERY: Duration = Duration::from_secs(5);
 
 impl CommitBeforeRevoke {
     fn new(group: &str, resume: Resume) -> Self {
@@ -354,6 +372,87 @@ impl CommitBeforeRevoke {
             group: group.to_owned(),
             resume: std::sync::Mutex::new(resume),
             seen: Default::default(),
+            restoring: Default::default(),
+        }
+    }
+
+    fn restore_gauge(&self, key: &(String, i32), remaining: i64) {
+        crate::metrics::RESTORE_REMAINING
+            .with_label_values(&[&self.group, &key.0, &key.1.to_string()])
+            .set(remaining);
+    }
+
+    /// Notes that the state of partition `key`, starting at `start`, is rebuilt from the topic
+    /// when the partition holds records past it (a state that keeps positions only).
+    fn track_restore(
+        &self,
+        consumer: &impl Consumer<CommitBeforeRevoke>,
+        key: &(String, i32),
+        start: Offset,
+    ) {
+        if !matches!(self.resume.lock().as_deref(), Ok(Resume::State(_))) {
+            return;
+        }
+        let Ok((low, high)) = consumer.fetch_watermarks(&key.0, key.1, Duration::from_secs(5))
+        else {
+            return;
+        };
+        let from = match start {
+            Offset::Offset(n) => n.max(low),
+            _ => low,
+        };
+        if high <= from {
+            self.restore_gauge(key, 0);
+            return;
+        }
+        tracing::info!(topic = %key.0, partition = key.1, records = high - from,
+            "restoring the stage's state of a partition from the topic");
+        self.restore_gauge(key, high - from);
+        let now = std::time::Instant::now();
+        if let Ok(mut r) = self.restoring.lock() {
+            r.insert(
+                key.clone(),
+                Restoring {
+                    from,
+                    target: high,
+                    started: now,
+                    logged: now,
+                },
+            );
+        }
+    }
+
+    /// Progress of a restore: the state reflects `key` up to `next`.
+    fn restore_progress(&self, key: &(String, i32), next: i64) {
+        let Ok(mut restoring) = self.restoring.lock() else {
+            return;
+        };
+        let Some(r) = restoring.get_mut(key) else {
+            return;
+        };
+        let secs = r.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = ((next - r.from) as f64 / secs) as u64;
+        self.restore_gauge(key, (r.target - next).max(0));
+        if next >= r.target {
+            tracing::info!(topic = %key.0, partition = key.1, records = r.target - r.from,
+                seconds = %format!("{secs:.1}"), records_per_second = rate,
+                "restored the stage's state of a partition from the topic");
+            restoring.remove(key);
+        } else if r.logged.elapsed() >= RESTORE_LOG_EVERY {
+            r.logged = std::time::Instant::now();
+            tracing::info!(topic = %key.0, partition = key.1, remaining = r.target - next,
+                records_per_second = rate, "restoring");
+        }
+    }
+
+    /// A restore that will not finish here: its partition was revoked.
+    fn restore_dropped(&self, key: &(String, i32)) {
+        if let Ok(mut restoring) = self.restoring.lock() {
+            if restoring.remove(key).is_some() {
+                tracing::info!(topic = %key.0, partition = key.1,
+                    "restore left unfinished: the partition was revoked");
+                self.restore_gauge(key, 0);
+            }
         }
     }
 
@@ -385,11 +484,13 @@ impl CommitBeforeRevoke {
 
     /// Takes note that the state now reflects `partition` up to `next` (exclusive).
     fn advanced(&self, topic: &str, partition: i32, next: i64) {
+        let key = (topic.to_owned(), partition);
         if let Ok(mut resume) = self.resume.lock() {
             if let Resume::State(positions) = &mut *resume {
-                positions.insert((topic.to_owned(), partition), next);
+                positions.insert(key.clone(), next);
             }
         }
+        self.restore_progress(&key, next);
     }
 }
 
@@ -433,6 +534,7 @@ impl ConsumerContext for CommitBeforeRevoke {
                     let Some(next) = self.start_of(&key, first) else {
                         continue;
                     };
+                    self.track_restore(consumer, &key, next);
                     // Only fails for a partition not in the list, which it is.
                     let _ = tpl.set_partition_offset(&key.0, key.1, next);
                     if let Offset::Offset(_) = next {
@@ -457,6 +559,9 @@ impl ConsumerContext for CommitBeforeRevoke {
                 self.post_rebalance(consumer, &Rebalance::Assign(tpl));
             }
             E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                for e in tpl.elements() {
+                    self.restore_dropped(&(e.topic().to_owned(), e.partition()));
+                }
                 self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
                 let revoked = match consumer.rebalance_protocol() {
                     RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
