@@ -502,3 +502,41 @@ impl IdWatch {
         }
     }
 }
+
+/// Deletes `topic` and waits until the cluster no longer lists it (a deployment that lost it,
+/// or that predates it).
+pub async fn delete_topic(broker: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .expect("admin client");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.delete_topics(&[topic], &opts).await.expect("delete") {
+        r.expect("topic deleted");
+    }
+    let (b, t) = (broker.to_owned(), topic.to_owned());
+    await_condition(Duration::from_secs(60), move || {
+        let consumer = reader(&b);
+        let md = consumer
+            .fetch_metadata(Some(&t), Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        let listed = md
+            .topics()
+            .iter()
+            .any(|x| x.error().is_none() && !x.partitions().is_empty());
+        if listed {
+            Err(format!("{t} still listed"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+}
+
+/// The changelog topic of `stage`'s state under `config`'s group prefix.
+pub fn changelog_of(config: &Config, stage: &str) -> String {
+    let prefix = &config.kafka.as_ref().expect("kafka config").group_prefix;
+    tillbridge_core::log::changelog_topic(&format!("{prefix}.{stage}"))
+}

@@ -73,7 +73,8 @@ fn ingest_instance(config: &Config, base: &std::path::Path, k: usize) -> Instanc
 }
 
 /// What an instance's log says: partitions assigned, replayed into a new state, sends that
-/// failed and were retried, and restores from the topic (each finished one's records and rate).
+/// failed and were retried, and restores from the changelog or the input topic (each finished
+/// one's records and rate).
 fn rebalances(i: &Instance) -> (usize, usize, usize, Vec<(u64, u64)>) {
     let text = i.log_text();
     let field = |line: &str, name: &str| -> Option<u64> {
@@ -348,7 +349,7 @@ async fn sigkills_of_random_instances_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wiped_instance_rebuilds_its_partitions_from_the_topics() {
+async fn a_wiped_instance_restores_its_partitions_from_the_changelog() {
     battery(
         "a wiped instance",
         Broker::Shared,
@@ -365,10 +366,10 @@ async fn a_wiped_instance_rebuilds_its_partitions_from_the_topics() {
             println!("instance 1 wiped with {} events out", watch.0.ids.len());
             let mark = instances[1].log_text().len();
             instances[1].start();
-            // It reports the restore of the partitions it is given, and its end.
+            // It restores the partitions it is given from the changelog, and reports it.
             let start = Instant::now();
             while !instances[1].log_text()[mark..]
-                .contains("restored the stage's state of a partition from the topic")
+                .contains("restored the stage's state of a partition from its changelog")
             {
                 instances[1].running();
                 assert!(

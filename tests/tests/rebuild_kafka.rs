@@ -1,7 +1,9 @@
-//! A state rebuilt from the topics on the broker: ingest's state is lost after a run, the new
-//! state is killed after its first batch of the replay, and started again. The group's committed
-//! offsets are at the end (from before the loss), yet every partition is replayed into the new
-//! state: afterwards it knows every event, so a conflicting resend of any of them is refused.
+//! A state rebuilt from the input topic on the broker: ingest's state is lost after a run, and
+//! its changelog too (a deployment that lost it, or that predates it; with the changelog the
+//! state is restored from there: `changelog_kafka.rs`). The new state is killed after its first
+//! batch of the replay, and started again. The group's committed offsets are at the end (from
+//! before the loss), yet every partition is replayed into the new state: afterwards it knows
+//! every event, so a conflicting resend of any of them is refused.
 
 #![allow(clippy::unwrap_used)]
 
@@ -41,6 +43,7 @@ async fn a_new_state_killed_half_way_through_its_replay_still_reads_every_partit
     kit::await_condition(Duration::from_secs(120), caught_up.clone()).await;
     run.stop().await;
     std::fs::remove_dir_all(&config.state.dir).unwrap();
+    kit::delete_topic(&broker, &kit::changelog_of(&config, "ingest")).await;
 
     // The new state dies after its first batch.
     let log = base.path().join("killed.log");

@@ -7,9 +7,11 @@
 //!
 //! The points of the stage loop (`stage::run`), for every stage:
 //! - `processed`: outputs computed, nothing written;
-//! - `sent`: outputs durable, state not;
+//! - `sent`: outputs (and the changelog records of a state that has one) durable, state not;
 //! - `committed`: outputs and state durable, offsets not acknowledged;
-//! - `preload_sent`: a table batch's outputs durable during the preload, state not.
+//! - `preload_sent`: a table batch's outputs durable during the preload, state not;
+//! - `restore_applied`: a chunk of a changelog partition applied to the state during a restore
+//!   from the changelog, its position not yet written.
 //!
 //! The HTTP delivery stage (`delivery`) also has `delivered` (the promotion core accepted a request, the outbox
 //! does not know yet) and `dead_lettered` (a refused request's dead letter written, the outbox

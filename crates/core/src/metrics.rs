@@ -44,7 +44,7 @@ pub static RECORDS_PRELOADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static RESTORES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "tillbridge_state_restores_total",
-        "Restores of a stage's state from the topics, completed.",
+        "Restores of a stage's state from the topics (a partition of it, from a changelog), completed.",
         &["stage"],
     )
 });

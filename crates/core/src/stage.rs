@@ -28,6 +28,19 @@ pub trait Processor: Send {
     /// Computes the outputs of `batch` and stages its state changes without persisting them.
     fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Self::Error>;
 
+    /// The records that mirror the batch's staged state changes to the stage's changelog topic
+    /// (see [`crate::log::StateRestore`]); written once the batch's outputs are durable and
+    /// before [`Processor::commit`]. Empty for a state without a changelog.
+    fn changelog(&mut self) -> Result<Vec<OutRecord>, Self::Error> {
+        Ok(Vec::new())
+    }
+
+    /// The restore side of the state's changelog, for the source to restore a partition the
+    /// state holds nothing of before it reads the partition's input.
+    fn restorer(&self) -> Option<std::sync::Arc<dyn crate::log::StateRestore>> {
+        None
+    }
+
     /// Persists the staged state changes; called once the batch's outputs are durable.
     fn commit(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
@@ -159,25 +172,14 @@ where
             let outputs = processor.process(&batch)?;
             crate::crash::point(name, "processed");
             let n_out = outputs.len() as u64;
-            let sent = outputs.clone();
-            let mut backoff = RETRY_BACKOFF_FIRST;
-            loop {
-                match sink.send(sent.clone()).await {
-                    Ok(()) => break,
-                    Err(e) if e.is_retryable() => {
-                        stats.send_retries += 1;
-                        crate::metrics::SEND_RETRIES
-                            .with_label_values(&[name])
-                            .inc();
-                        tracing::warn!(error = %e, ?backoff, "send failed, retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(stats),
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+            if !send_durably(name, sink, &outputs, &mut stats, &shutdown).await? {
+                return Ok(stats);
+            }
+            let changes = processor.changelog()?;
+            if !changes.is_empty()
+                && !send_durably(name, sink, &changes, &mut stats, &shutdown).await?
+            {
+                return Ok(stats);
             }
             crate::crash::point(name, "sent");
             processor.commit().await?;
@@ -219,6 +221,36 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// Sends `records` until they are durable, retrying a retryable failure with capped back-off;
+/// `false` when shutdown came first.
+async fn send_durably<K: Sink>(
+    name: &str,
+    sink: &K,
+    records: &[OutRecord],
+    stats: &mut StageStats,
+    shutdown: &CancellationToken,
+) -> crate::Result<bool> {
+    let mut backoff = RETRY_BACKOFF_FIRST;
+    loop {
+        match sink.send(records.to_vec()).await {
+            Ok(()) => return Ok(true),
+            Err(e) if e.is_retryable() => {
+                stats.send_retries += 1;
+                crate::metrics::SEND_RETRIES
+                    .with_label_values(&[name])
+                    .inc();
+                tracing::warn!(error = %e, ?backoff, "send failed, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(false),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The last position of each partition in `batch`.

@@ -14,13 +14,21 @@
 //! plain duplicate, whose outputs are already durable. No event is lost; none is applied twice by
 //! a consumer that drops repeated output ids.
 //!
-//! Parts: [`Ingest`] (the processor), [`IngestStats`] (counters), and the dedup index with expiry
-//! (`dedup`), kept in a sled tree with a hot in-memory set (dashmap) in front.
+//! **State that follows its partitions.** On Kafka ([`Ingest::with_changelog`]) every batch's
+//! state changes are also written to a compacted changelog topic, after the batch's outputs are
+//! durable and before its state and offsets; an instance with no state for a partition restores
+//! it from there before reading the partition (`state`).
+//!
+//! Parts: [`Ingest`] (the processor), [`IngestStats`] (counters), the dedup index with expiry
+//! (`dedup`), kept in a sled tree with a hot in-memory set (dashmap) in front, and the state's
+//! values and changelog (`state`).
 
 mod dedup;
 mod error;
 mod processor;
 pub mod route;
+mod state;
 
 pub use error::Error;
-pub use processor::{Ingest, IngestStats, TillGaps};
+pub use processor::{Ingest, IngestStats};
+pub use state::TillGaps;

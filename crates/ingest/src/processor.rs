@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use crate::route::{Router, SessionInfo};
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use tillbridge_core::config::{IngestConfig, Topics};
 use tillbridge_core::domain::{Body, RejectReason, TillEvent};
 use tillbridge_core::log::{OutRecord, Record};
@@ -14,15 +13,14 @@ use tillbridge_core::store::StateStore;
 use tillbridge_core::{metrics, pan};
 use tillbridge_proto::{pb, Rejection};
 
-use crate::dedup::{DedupIndex, Seen};
+use crate::dedup::{DedupIndex, Seen, Staged};
 use crate::error::Error;
+use crate::state::{Changes, IngestRestore, SessionEntry, TillGaps, OFFSET_PREFIX, WATERMARK_KEY};
 
 /// Layout version of the ingest state; a store of another layout is rebuilt.
 const STATE_FORMAT: &str = "ingest-v1";
 /// Most bytes of an oversized payload kept in its dead letter (brokers cap record size).
 const OVERSIZED_KEEP_BYTES: usize = 64 * 1024;
-/// Most missing sequence numbers remembered per till.
-const MAX_GAPS_PER_TILL: usize = 1024;
 
 /// Counters of the ingest stage, shared with whoever reports them.
 #[derive(Debug, Default)]
@@ -54,42 +52,6 @@ impl IngestStats {
     }
 }
 
-/// Sequence state of one till: the highest `till_seq` seen and the numbers below it never seen.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TillGaps {
-    pub highest: u64,
-    pub missing: Vec<u64>,
-}
-
-impl TillGaps {
-    fn observe(&mut self, seq: u64) {
-        if seq > self.highest {
-            let from = if self.highest == 0 {
-                seq
-            } else {
-                self.highest + 1
-            };
-            for s in from..seq {
-                if self.missing.len() >= MAX_GAPS_PER_TILL {
-                    break;
-                }
-                self.missing.push(s);
-            }
-            self.highest = seq;
-        } else if let Ok(i) = self.missing.binary_search(&seq) {
-            self.missing.remove(i);
-        }
-    }
-}
-
-/// What the session index holds: the sale, and a cancel or full return that came first.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct SessionEntry {
-    sale: Option<SessionInfo>,
-    /// A cancel or return that arrived before its sale (late sync), replayed when the sale comes.
-    waiting: Vec<Vec<u8>>,
-}
-
 /// The ingest processor (see the crate docs for its guarantee).
 #[derive(Debug)]
 pub struct Ingest {
@@ -101,9 +63,16 @@ pub struct Ingest {
     sessions: sled::Tree,
     tills: sled::Tree,
     meta: sled::Tree,
-    /// Staged changes of the batch in flight.
-    staged_sessions: BTreeMap<String, SessionEntry>,
-    staged_tills: BTreeMap<String, TillGaps>,
+    /// Staged changes of the batch in flight, with the input partition of the record that made
+    /// each (its changelog partition).
+    staged_sessions: BTreeMap<String, (SessionEntry, i32)>,
+    staged_tills: BTreeMap<String, (TillGaps, i32)>,
+    /// The dedup index's writes of the batch in flight, once computed.
+    staged_dedup: Option<Staged>,
+    /// The input partition of the record being handled.
+    partition: i32,
+    /// The changelog's restore side, when the state is mirrored to a changelog topic.
+    restore: Option<Arc<IngestRestore>>,
     /// Change of the missing receipts over all tills in the batch in flight.
     staged_gap_delta: i64,
     /// Next offset per input partition after the batch in flight.
@@ -117,9 +86,6 @@ pub struct Ingest {
 
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
-/// Prefix of the input positions in the `meta` tree.
-const OFFSET_PREFIX: &[u8] = b"off/";
-
 fn state_err(e: sled::Error) -> Error {
     Error::State(e.to_string())
 }
@@ -131,7 +97,7 @@ impl Ingest {
         let dedup = DedupIndex::new(store.tree("dedup")?, store.tree("dedup_expiry")?);
         let meta = store.tree("meta")?;
         let watermark_ms = meta
-            .get("watermark_ms")
+            .get(WATERMARK_KEY)
             .map_err(state_err)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(i64::from_be_bytes);
@@ -159,6 +125,9 @@ impl Ingest {
             dedup,
             staged_sessions: BTreeMap::new(),
             staged_tills: BTreeMap::new(),
+            staged_dedup: None,
+            partition: 0,
+            restore: None,
             staged_gap_delta: 0,
             staged_offsets: BTreeMap::new(),
             staged_routed: BTreeMap::new(),
@@ -173,6 +142,26 @@ impl Ingest {
     pub fn with_router(mut self, router: Router) -> Self {
         self.router = router;
         self
+    }
+
+    /// Mirrors the state to the compacted changelog topic `topic`: every batch's changes are
+    /// written there ([`Processor::changelog`]), and a partition the state holds nothing of is
+    /// restored from there ([`Processor::restorer`]).
+    pub fn with_changelog(mut self, topic: &str) -> Result<Self, Error> {
+        let (dedup, expiry) = self.dedup.trees();
+        self.restore = Some(Arc::new(IngestRestore {
+            topic: topic.to_owned(),
+            db: self.store.db().clone(),
+            dedup: dedup.clone(),
+            expiry: expiry.clone(),
+            sessions: self.sessions.clone(),
+            tills: self.tills.clone(),
+            meta: self.meta.clone(),
+            dedup_count: self.dedup.counter(),
+            restored: Default::default(),
+            positions: Default::default(),
+        }));
+        Ok(self)
     }
 
     /// Whether the state was found damaged and recreated: the caller must replay from the start.
@@ -240,7 +229,7 @@ impl Ingest {
     }
 
     fn session(&mut self, id: &str) -> Result<SessionEntry, Error> {
-        if let Some(e) = self.staged_sessions.get(id) {
+        if let Some((e, _)) = self.staged_sessions.get(id) {
             return Ok(e.clone());
         }
         Ok(self
@@ -252,7 +241,7 @@ impl Ingest {
     }
 
     fn till(&mut self, key: &str) -> Result<TillGaps, Error> {
-        if let Some(g) = self.staged_tills.get(key) {
+        if let Some((g, _)) = self.staged_tills.get(key) {
             return Ok(g.clone());
         }
         Ok(self
@@ -290,7 +279,7 @@ impl Ingest {
                     }
                 }
                 entry.sale = info;
-                self.staged_sessions.insert(sid, entry);
+                self.staged_sessions.insert(sid, (entry, self.partition));
             }
             Body::SessionCancelled { .. } | Body::Return(_) => {
                 let sid = match &ev.body {
@@ -303,7 +292,7 @@ impl Ingest {
                     None => {
                         out.extend(self.router.route(ev, raw, ts, None));
                         entry.waiting.push(raw.encode_to_vec());
-                        self.staged_sessions.insert(sid, entry);
+                        self.staged_sessions.insert(sid, (entry, self.partition));
                     }
                 }
             }
@@ -363,10 +352,12 @@ impl Ingest {
             );
             return Ok(vec![self.dead_letter(rec, &r, event_id)]);
         }
-        match self
-            .dedup
-            .check(ev.event_id, tillbridge_proto::content_hash(&raw), event_ms)?
-        {
+        match self.dedup.check(
+            ev.event_id,
+            tillbridge_proto::content_hash(&raw),
+            event_ms,
+            rec.partition,
+        )? {
             Seen::Duplicate => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 metrics::DUPLICATES_DROPPED
@@ -398,12 +389,49 @@ impl Ingest {
         let before = gaps.missing.len() as i64;
         gaps.observe(ev.till_seq);
         self.staged_gap_delta += gaps.missing.len() as i64 - before;
-        self.staged_tills.insert(till_key, gaps);
+        self.staged_tills.insert(till_key, (gaps, self.partition));
         let out = self.route(&ev, &raw, rec.timestamp_ms)?;
         for o in &out {
             *self.staged_routed.entry(o.topic.clone()).or_default() += 1;
         }
         Ok(out)
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(v).map_err(|e| Error::State(e.to_string()))
+}
+
+impl Ingest {
+    /// Computes the dedup index's writes of the batch in flight (its entries, and the expiry of
+    /// those older than the window), once per batch.
+    fn stage_dedup(&mut self) -> Result<(), Error> {
+        if self.staged_dedup.is_none() {
+            let horizon = self
+                .watermark_ms
+                .map(|w| w - self.cfg.dedup_window.as_millis() as i64);
+            self.staged_dedup = Some(self.dedup.stage(horizon)?);
+        }
+        Ok(())
+    }
+
+    /// Takes in what a restore from the changelog wrote to the trees behind the processor's
+    /// back (between batches): the watermark it keeps in memory.
+    fn reload_if_restored(&mut self) -> Result<(), Error> {
+        let Some(restore) = &self.restore else {
+            return Ok(());
+        };
+        if !restore.restored.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let restored = self
+            .meta
+            .get(WATERMARK_KEY)
+            .map_err(state_err)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(i64::from_be_bytes);
+        self.watermark_ms = self.watermark_ms.max(restored);
+        Ok(())
     }
 }
 
@@ -415,8 +443,10 @@ impl Processor for Ingest {
     }
 
     fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Error> {
+        self.reload_if_restored()?;
         let mut out = Vec::with_capacity(batch.len() * 2);
         for rec in batch {
+            self.partition = rec.partition;
             out.extend(self.handle(rec)?);
             let next = self
                 .staged_offsets
@@ -444,24 +474,60 @@ impl Processor for Ingest {
         Ok(out)
     }
 
+    fn restorer(&self) -> Option<Arc<dyn tillbridge_core::log::StateRestore>> {
+        self.restore
+            .clone()
+            .map(|r| r as Arc<dyn tillbridge_core::log::StateRestore>)
+    }
+
+    fn changelog(&mut self) -> Result<Vec<OutRecord>, Error> {
+        let Some(restore) = self.restore.clone() else {
+            return Ok(Vec::new());
+        };
+        self.stage_dedup()?;
+        let mut changes = Changes {
+            topic: &restore.topic,
+            out: Vec::new(),
+        };
+        if let Some(dedup) = &self.staged_dedup {
+            for (id, hash, ms, partition) in &dedup.inserted {
+                changes.dedup(*partition, id, hash, *ms);
+            }
+            for (id, partition) in &dedup.expired {
+                if let Some(partition) = partition {
+                    changes.dedup_expired(*partition, id);
+                }
+            }
+        }
+        for (k, (v, partition)) in &self.staged_sessions {
+            changes.session(*partition, k, &json(v)?);
+        }
+        for (k, (v, partition)) in &self.staged_tills {
+            changes.till(*partition, k, &json(v)?);
+        }
+        for ((topic, partition), next) in &self.staged_offsets {
+            changes.position(topic, *partition, *next, self.watermark_ms);
+        }
+        Ok(changes.out)
+    }
+
     async fn commit(&mut self) -> Result<(), Error> {
-        let horizon = self
-            .watermark_ms
-            .map(|w| w - self.cfg.dedup_window.as_millis() as i64);
-        let dedup = self.dedup.stage(horizon)?;
+        self.stage_dedup()?;
+        let dedup = self
+            .staged_dedup
+            .take()
+            .ok_or_else(|| Error::State("dedup writes not staged".into()))?;
         let mut sessions = sled::Batch::default();
-        for (k, v) in std::mem::take(&mut self.staged_sessions) {
-            let bytes = serde_json::to_vec(&v).map_err(|e| Error::State(e.to_string()))?;
-            sessions.insert(k.as_bytes(), bytes);
+        for (k, (v, _)) in std::mem::take(&mut self.staged_sessions) {
+            sessions.insert(k.as_bytes(), json(&v)?);
         }
         let mut tills = sled::Batch::default();
-        for (k, v) in std::mem::take(&mut self.staged_tills) {
-            let bytes = serde_json::to_vec(&v).map_err(|e| Error::State(e.to_string()))?;
-            tills.insert(k.as_bytes(), bytes);
+        for (k, (v, _)) in std::mem::take(&mut self.staged_tills) {
+            tills.insert(k.as_bytes(), json(&v)?);
         }
         let mut meta = sled::Batch::default();
         if let Some(w) = self.watermark_ms {
-            meta.insert("watermark_ms", &w.to_be_bytes());
+            meta.insert(WATERMARK_KEY, &w.to_be_bytes());
         }
         // The positions this state reflects, with it (see `Processor::positions`).
         for ((topic, partition), next) in std::mem::take(&mut self.staged_offsets) {

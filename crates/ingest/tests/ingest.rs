@@ -334,3 +334,105 @@ async fn a_card_number_in_json_escapes_is_dead_lettered_and_redacted() {
     assert!(!tillbridge_core::pan::contains(&text), "{text}");
     assert!(text.contains("*"), "{text}");
 }
+
+/// A state restored from the changelog records of another answers every later record as the
+/// original does: duplicates, conflicts, a cancel of a sale it never read, a sale whose cancel
+/// synced first, and till sequences.
+#[tokio::test]
+async fn a_state_restored_from_its_changelog_answers_as_the_original() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let open = |dir: &std::path::Path| {
+        Ingest::open(dir, Topics::default(), IngestConfig::default())
+            .unwrap()
+            .with_changelog("ingest-changelog")
+            .unwrap()
+    };
+    let mut a = open(a_dir.path());
+    let cancel_of = |id: u128, of: &pb::TillEvent, seq: u64| pb::TillEvent {
+        event_id: uuid::Uuid::from_u128(id).to_string(),
+        till_seq: seq,
+        body: Some(pb::till_event::Body::SessionCancelled(
+            pb::SessionCancelled { reason: "x".into() },
+        )),
+        ..of.clone()
+    };
+    let (sale1, sale6) = (event(1, 1, T0), event(6, 6, T0 + 60));
+    let first = [
+        sale1.clone(),
+        event(3, 3, T0 + 30),
+        // Synced before its sale (`sale6`, later).
+        cancel_of(5, &sale6, 7),
+    ];
+    let batch: Vec<Record> = first
+        .iter()
+        .enumerate()
+        .map(|(i, e)| record(i as i64, e.encode_to_vec(), T0 + 100))
+        .collect();
+    a.process(&batch).unwrap();
+    let changes = a.changelog().unwrap();
+    a.commit().await.unwrap();
+    assert!(changes.iter().all(|c| c.partition == Some(0)));
+
+    // The changelog as a consumer reads it back.
+    let read: Vec<Record> = changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| Record {
+            topic: c.topic,
+            partition: 0,
+            offset: i as i64,
+            key: Some(c.key),
+            payload: c.payload,
+            headers: Vec::new(),
+            timestamp_ms: None,
+        })
+        .collect();
+    let mut b = open(b_dir.path());
+    let restore = b.restorer().unwrap();
+    assert_eq!(restore.topic(), "ingest-changelog");
+    // Applying twice changes nothing.
+    restore.apply(0, &read).unwrap();
+    restore.apply(0, &read).unwrap();
+    assert_eq!(restore.finish(&("till.events".into(), 0)).unwrap(), Some(3));
+    assert_eq!(b.positions().unwrap(), a.positions().unwrap());
+    assert_eq!(b.till_gaps().unwrap(), a.till_gaps().unwrap());
+    assert_eq!(b.dedup_len(), a.dedup_len());
+
+    let mut conflicting = sale1.clone();
+    conflicting.till_seq = 99;
+    let next: Vec<Record> = [
+        sale1.clone(),
+        conflicting,
+        cancel_of(8, &sale1, 8),
+        sale6,
+        event(9, 9, T0 + 90),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, e)| record(3 + i as i64, e.encode_to_vec(), T0 + 200))
+    .collect();
+    let out_a = a.process(&next).unwrap();
+    let out_b = b.process(&next).unwrap();
+    // The same records, but for the time a dead letter was written (processing time).
+    let facts = |out: &[OutRecord]| -> Vec<OutRecord> {
+        out.iter()
+            .filter(|o| o.topic != "tillbridge.dlq")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(facts(&out_a), facts(&out_b));
+    assert_eq!(reasons(&out_a), reasons(&out_b));
+    assert_eq!(reasons(&out_b), vec!["DUPLICATE_CONFLICT"]);
+    // The cancel of the sale `b` never read releases its coupon; the sale whose cancel came
+    // first is released too.
+    let released = out_b
+        .iter()
+        .filter(|o| o.topic == "tillbridge.redemptions")
+        .map(|o| pb::RedemptionFact::decode(o.payload.as_deref().unwrap()).unwrap())
+        .filter(|f| f.kind == pb::RedemptionKind::Released as i32)
+        .count();
+    assert_eq!(released, 2);
+    a.commit().await.unwrap();
+    b.commit().await.unwrap();
+    assert_eq!(b.till_gaps().unwrap(), a.till_gaps().unwrap());
+}

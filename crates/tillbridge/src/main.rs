@@ -173,6 +173,9 @@ async fn main() -> anyhow::Result<()> {
             let topics = tillbridge::all_topics(&config)?;
             let names: Vec<&str> = topics.iter().map(String::as_str).collect();
             k.create_topics(&names, partitions).await?;
+            // The changelog of ingest's state (compacted), which `run` would otherwise create.
+            let changelog = tillbridge_core::log::changelog_topic(&k.group("ingest"));
+            k.ensure_changelog(&changelog, partitions).await?;
             println!("topics ready");
         }
     }

@@ -248,6 +248,7 @@ fn record_of(
         payload,
         headers,
         timestamp_ms: ts,
+        partition: None,
     })
 }
 

@@ -110,7 +110,17 @@ where
                 Resume::Committed
             };
             let whole = processor.whole_input();
-            let mut source = k.source(name, &topics, resume, processor.order(), whole)?;
+            let restore = processor.restorer();
+            if let (Some(r), [input]) = (&restore, topics.as_slice()) {
+                let partitions = k.partition_count(input)? as i32;
+                if partitions == 0 {
+                    anyhow::bail!(
+                        "topic {input} has no partitions: create the topics first (tillbridge create-topics)"
+                    );
+                }
+                k.ensure_changelog(r.topic(), partitions).await?;
+            }
+            let mut source = k.source(name, &topics, resume, processor.order(), whole, restore)?;
             let sink = k.sink()?;
             let result = stage::run(
                 name,
@@ -237,6 +247,11 @@ pub async fn run(
         );
         let mut p =
             Ingest::open(&state, config.topics.clone(), config.ingest.clone())?.with_router(router);
+        // On Kafka the state follows its partitions: mirrored to a changelog topic, restored
+        // from it by an instance that has none of a partition.
+        if let Transport::Kafka(k) = transport {
+            p = p.with_changelog(&tillbridge_core::log::changelog_topic(&k.group("ingest")))?;
+        }
         let (t, topics, stop) = (
             transport.clone(),
             Ingest::input_topics(&config.topics),

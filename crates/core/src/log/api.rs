@@ -64,6 +64,9 @@ pub struct OutRecord {
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<Header>,
     pub timestamp_ms: Option<i64>,
+    /// The partition to write to; `None` lets the key decide. A changelog record names its
+    /// partition: the one of the input partition whose state it mirrors.
+    pub partition: Option<i32>,
 }
 
 impl OutRecord {
@@ -74,7 +77,21 @@ impl OutRecord {
             payload: Some(payload),
             headers: Vec::new(),
             timestamp_ms: None,
+            partition: None,
         }
+    }
+
+    /// A tombstone: compaction drops every earlier record of `key`.
+    pub fn tombstone(topic: impl Into<String>, key: impl Into<Vec<u8>>) -> Self {
+        OutRecord {
+            payload: None,
+            ..OutRecord::new(topic, key, Vec::new())
+        }
+    }
+
+    pub fn with_partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {

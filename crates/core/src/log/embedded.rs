@@ -156,7 +156,10 @@ impl EmbeddedLog {
             let _guard = self.inner.append_lock.lock().await;
             let mut batches: BTreeMap<(String, i32), (u64, sled::Batch)> = BTreeMap::new();
             for r in records {
-                let p = partition_for(&r.key, self.inner.partitions);
+                let p = match r.partition {
+                    Some(p) => p.rem_euclid(self.inner.partitions as i32),
+                    None => partition_for(&r.key, self.inner.partitions),
+                };
                 let slot = match batches.entry((r.topic.clone(), p)) {
                     std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::btree_map::Entry::Vacant(v) => {

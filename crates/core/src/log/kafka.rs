@@ -24,6 +24,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::api::{BatchLimits, Order, OutRecord, Position, Record, Sink, Source};
+use super::changelog::StateRestore;
 use super::merge::{Key, Merge};
 use crate::config::KafkaConfig;
 use crate::{Error, Result};
@@ -56,6 +57,11 @@ impl KafkaLog {
         KafkaLog { config }
     }
 
+    /// The consumer group of `stage`: `{group_prefix}.{stage}`.
+    pub fn group(&self, stage: &str) -> String {
+        format!("{}.{}", self.config.group_prefix, stage)
+    }
+
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.config.bootstrap_servers);
@@ -81,6 +87,11 @@ impl KafkaLog {
     /// truth, and the committed offsets only follow them: a state older than the commits (sled
     /// served an earlier version, or another member owned the partition meanwhile) re-reads what
     /// it lacks, a state ahead of them skips what it already holds.
+    ///
+    /// With `restore` (a state mirrored to a changelog topic), a partition the state holds no
+    /// position for is first restored from the changelog, in the rebalance callback before it
+    /// is assigned, and read from the position the changelog gives
+    /// ([`crate::log::StateRestore`]).
     pub fn source(
         &self,
         stage: &str,
@@ -88,6 +99,7 @@ impl KafkaLog {
         resume: Resume,
         order: Order,
         whole: bool,
+        restore: Option<std::sync::Arc<dyn StateRestore>>,
     ) -> Result<KafkaSource> {
         let merged = order == Order::RecordTime;
         if merged && topics.len() != 1 {
@@ -95,7 +107,7 @@ impl KafkaLog {
                 "stage {stage}: record-time order needs exactly one input topic, got {topics:?}"
             )));
         }
-        let group = format!("{}.{}", self.config.group_prefix, stage);
+        let group = self.group(stage);
         let mut c = self.base();
         c.set("group.id", &group)
             .set("enable.auto.offset.store", "false")
@@ -129,12 +141,25 @@ impl KafkaLog {
             c.set("group.instance.id", format!("{id}.{stage}"));
         }
         self.apply_properties(&mut c);
-        let consumer: StreamConsumer<CommitBeforeRevoke> = c
-            .create_with_context(CommitBeforeRevoke::new(&group, resume.clone()))
-            .map_err(kafka_err)?;
+        let mut reader = self.base();
+        reader
+            .set("group.id", format!("{group}.restore"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.queue.backoff.ms", "10");
+        self.apply_properties(&mut reader);
+        let mut context = CommitBeforeRevoke::new(&group, resume.clone());
+        let restores = restore.is_some();
+        context.restore = restore.map(|r| (r, reader));
+        context.stage = stage.to_owned();
+        let consumer: StreamConsumer<CommitBeforeRevoke> =
+            c.create_with_context(context).map_err(kafka_err)?;
         match &resume {
             Resume::ReplayOnce => tracing::warn!(%group,
                 "stage state is new: its partitions are replayed from the beginning"),
+            Resume::State(p) if p.is_empty() && restores => tracing::warn!(%group,
+                "stage state holds no position: each partition is restored from the changelog \
+                 (replayed from the beginning when the changelog holds none of it)"),
             Resume::State(p) if p.is_empty() => tracing::warn!(%group,
                 "stage state holds no position: its partitions are replayed from the beginning"),
             _ => {}
@@ -228,6 +253,41 @@ impl KafkaLog {
         Ok(md.topics().iter().map(|t| t.partitions().len()).sum())
     }
 
+    /// Creates the compacted changelog topic `topic` with `partitions` partitions when it does not
+    /// exist, and checks that an existing one has at least that many (changelog partition `p`
+    /// mirrors input partition `p`).
+    pub async fn ensure_changelog(&self, topic: &str, partitions: i32) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.base().create().map_err(kafka_err)?;
+        // The cluster's default replication factor (-1): a changelog is as precious as the
+        // state it restores.
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))
+            .set("cleanup.policy", "compact");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for r in admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(kafka_err)?
+        {
+            match r {
+                Ok(_) => tracing::info!(%topic, partitions, "changelog topic created"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(Error::Kafka(format!(
+                        "creating changelog topic {t}: {code}"
+                    )));
+                }
+            }
+        }
+        let have = settled_partitions(self, topic)?;
+        if have < partitions as usize {
+            return Err(Error::Config(format!(
+                "changelog topic {topic} has {have} partitions, its input {partitions}: \
+                 recreate it with at least as many"
+            )));
+        }
+        Ok(())
+    }
+
     /// Creates `topics` with `partitions` partitions; topics that exist are left alone.
     pub async fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.base().create().map_err(kafka_err)?;
@@ -286,10 +346,7 @@ fn assign_every_partition(
             if let Ok(mut seen) = consumer.context().seen.lock() {
                 seen.insert(key.clone());
             }
-            let start = consumer.context().start_of(&key, true);
-            if let Some(o) = start {
-                consumer.context().track_restore(consumer, &key, o);
-            }
+            let start = consumer.context().prepare(consumer, &key, true);
             tpl.add_partition_offset(topic, p, start.unwrap_or(Offset::Stored))
                 .map_err(kafka_err)?;
             if let Some(o @ Offset::Offset(_)) = start {
@@ -310,6 +367,18 @@ fn assign_every_partition(
         "every partition of the input assigned (the stage judges its input as a whole)"
     );
     Ok(())
+}
+
+/// The partition count of `topic`, waiting while a topic just created has none yet.
+fn settled_partitions(log: &KafkaLog, topic: &str) -> Result<usize> {
+    let start = std::time::Instant::now();
+    loop {
+        let n = log.partition_count(topic)?;
+        if n > 0 || start.elapsed() >= SETTLE_FOR {
+            return Ok(n);
+        }
+        std::thread::sleep(SETTLE_BACKOFF);
+    }
 }
 
 fn settled<T>(mut call: impl FnMut() -> std::result::Result<T, KafkaError>) -> Result<T> {
@@ -355,7 +424,17 @@ pub struct CommitBeforeRevoke {
     seen: std::sync::Mutex<std::collections::BTreeSet<(String, i32)>>,
     /// The partitions whose state is being rebuilt from the topic, with its progress.
     restoring: std::sync::Mutex<BTreeMap<(String, i32), Restoring>>,
+    /// The state's changelog and the settings of the client that reads it.
+    restore: Option<(std::sync::Arc<dyn StateRestore>, ClientConfig)>,
+    /// The stage's name (for crash points).
+    stage: String,
 }
+
+/// How long a changelog restore waits for a record before it gives up (the partition is then
+/// replayed from its input instead, which is slower but as correct).
+const RESTORE_STALL: Duration = Duration::from_secs(60);
+/// Changelog records applied at once.
+const RESTORE_CHUNK: usize = 10_000;
 
 /// A partition whose state a stage rebuilds from the topic: read from `from` (the beginning or
 /// where the state left it) to `target`, the end of the partition when it was assigned.
@@ -377,7 +456,60 @@ impl CommitBeforeRevoke {
             resume: std::sync::Mutex::new(resume),
             seen: Default::default(),
             restoring: Default::default(),
+            restore: None,
+            stage: String::new(),
         }
+    }
+
+    /// Restores the state of input partition `key` from its changelog when the state holds no
+    /// position for it; the position the changelog gives becomes the partition's start.
+    fn restore_from_changelog(&self, key: &(String, i32)) {
+        let Some((restore, reader)) = &self.restore else {
+            return;
+        };
+        let missing = match self.resume.lock().as_deref() {
+            Ok(Resume::State(positions)) => !positions.contains_key(key),
+            _ => false,
+        };
+        if !missing {
+            return;
+        }
+        // The callback runs on the task polling the consumer: on a multi-threaded runtime the
+        // other tasks move off this thread while it reads.
+        let run = || read_changelog(restore.as_ref(), reader, key, &self.group, &self.stage);
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let restored = if multi {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        };
+        match restored {
+            Ok(Some(next)) => {
+                if let Ok(mut resume) = self.resume.lock() {
+                    if let Resume::State(positions) = &mut *resume {
+                        positions.insert(key.clone(), next);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(topic = %key.0, partition = key.1, error = %e,
+                "restore from the changelog failed: the partition is replayed from its input"),
+        }
+    }
+
+    /// Where partition `key` starts at this assignment, restoring its state from the changelog
+    /// first when it has none; `None` for the committed offset.
+    fn prepare(
+        &self,
+        consumer: &impl Consumer<CommitBeforeRevoke>,
+        key: &(String, i32),
+        first: bool,
+    ) -> Option<Offset> {
+        self.restore_from_changelog(key);
+        let start = self.start_of(key, first)?;
+        self.track_restore(consumer, key, start);
+        Some(start)
     }
 
     fn restore_gauge(&self, key: &(String, i32), remaining: i64) {
@@ -535,10 +667,9 @@ impl ConsumerContext for CommitBeforeRevoke {
                         .lock()
                         .map(|mut s| s.insert(key.clone()))
                         .unwrap_or(false);
-                    let Some(next) = self.start_of(&key, first) else {
+                    let Some(next) = self.prepare(consumer, &key, first) else {
                         continue;
                     };
-                    self.track_restore(consumer, &key, next);
                     // Only fails for a partition not in the list, which it is.
                     let _ = tpl.set_partition_offset(&key.0, key.1, next);
                     if let Offset::Offset(_) = next {
@@ -610,6 +741,85 @@ impl ConsumerContext for CommitBeforeRevoke {
             }
         }
     }
+}
+
+/// Reads changelog partition `key.1` from its beginning to its end into `restore`, logging its
+/// progress; returns the position of input partition `key` the restored state reflects.
+fn read_changelog(
+    restore: &dyn StateRestore,
+    reader: &ClientConfig,
+    key: &(String, i32),
+    group: &str,
+    stage: &str,
+) -> Result<Option<i64>> {
+    let topic = restore.topic();
+    let partition = key.1;
+    let consumer: BaseConsumer = reader.create().map_err(kafka_err)?;
+    let (low, high) =
+        settled(|| consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)))?;
+    if high <= low {
+        return restore.finish(key);
+    }
+    let gauge = crate::metrics::RESTORE_REMAINING.with_label_values(&[
+        group,
+        topic,
+        &partition.to_string(),
+    ]);
+    tracing::info!(%topic, partition, records = high - low,
+        "restoring the stage's state of a partition from its changelog");
+    gauge.set(high - low);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .map_err(kafka_err)?;
+    consumer.assign(&tpl).map_err(kafka_err)?;
+    let started = std::time::Instant::now();
+    let (mut logged, mut last_record) = (started, started);
+    let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
+    let (mut next, mut read) = (low, 0u64);
+    while next < high {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                next = m.offset() + 1;
+                read += 1;
+                last_record = std::time::Instant::now();
+                chunk.push(KafkaSource::owned(&m));
+                if chunk.len() >= RESTORE_CHUNK {
+                    restore.apply(partition, &chunk)?;
+                    crate::crash::point(stage, "restore_applied");
+                    chunk.clear();
+                    gauge.set((high - next).max(0));
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => {
+                let e = kafka_err(e);
+                if !e.is_retryable() {
+                    return Err(e);
+                }
+            }
+            None => {}
+        }
+        if last_record.elapsed() >= RESTORE_STALL {
+            gauge.set(0);
+            return Err(Error::Timeout(RESTORE_STALL));
+        }
+        if logged.elapsed() >= RESTORE_LOG_EVERY {
+            logged = std::time::Instant::now();
+            tracing::info!(%topic, partition, remaining = high - next,
+                records_per_second = (read as f64 / started.elapsed().as_secs_f64()) as u64,
+                "restoring from the changelog");
+        }
+    }
+    restore.apply(partition, &chunk)?;
+    crate::crash::point(stage, "restore_applied");
+    let position = restore.finish(key)?;
+    gauge.set(0);
+    crate::metrics::RESTORES.with_label_values(&[stage]).inc();
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    tracing::info!(%topic, partition, records = read, seconds = %format!("{secs:.1}"),
+        records_per_second = (read as f64 / secs) as u64, next = ?position,
+        "restored the stage's state of a partition from its changelog");
+    Ok(position)
 }
 
 /// How long a record waits, under [`Order::RecordTime`], for a partition read to its end to
@@ -934,6 +1144,9 @@ impl Sink for KafkaSink {
             }
             if let Some(ts) = r.timestamp_ms {
                 fr = fr.timestamp(ts);
+            }
+            if let Some(p) = r.partition {
+                fr = fr.partition(p);
             }
             pending.push(producer.send(fr, self.timeout));
         }

@@ -8,10 +8,12 @@
 //! partition's position past a record only when its caller says that record's effects are durable.
 
 mod api;
+mod changelog;
 mod embedded;
 mod kafka;
 mod merge;
 
 pub use api::*;
+pub use changelog::{changelog_topic, StateRestore};
 pub use embedded::{EmbeddedLog, EmbeddedSink, EmbeddedSource};
 pub use kafka::{KafkaLog, KafkaSink, KafkaSource, Resume};

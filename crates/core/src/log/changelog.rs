@@ -1,0 +1,33 @@
+//! Changelog topics: a stage's state mirrored, partition by partition, to a compacted topic, so
+//! that an instance that has no state for a partition (new, wiped, rebuilt after damage, or never
+//! assigned it before) restores it from there instead of replaying the partition's input.
+//!
+//! The records of one batch go to the changelog after the batch's outputs are durable and
+//! before its state is committed and its offsets stored (`stage::run`). So a changelog never
+//! holds state whose outputs are not durable: a restore may end ahead of the last position
+//! record it read (the changelog of a batch half written), and what it skips then was sent.
+//! Changelog partition `p` mirrors input partition `p` of the stage's one input topic.
+
+use super::api::Record;
+use crate::Result;
+
+/// A stage's state that a changelog topic mirrors, as the restore sees it. The calls come from
+/// the consumer's rebalance callback, between batches (never while a batch is in flight).
+pub trait StateRestore: Send + Sync + std::fmt::Debug {
+    /// The changelog topic.
+    fn topic(&self) -> &str;
+
+    /// Applies records read from changelog partition `partition`, in offset order. Applying the
+    /// same records twice gives the same state.
+    fn apply(&self, partition: i32, records: &[Record]) -> Result<()>;
+
+    /// Makes the restored state of input partition `input` durable and returns the next offset
+    /// of that partition it reflects (`None` when the changelog holds none: the input is then
+    /// read from its beginning).
+    fn finish(&self, input: &(String, i32)) -> Result<Option<i64>>;
+}
+
+/// The changelog topic of a stage's state in consumer group `group`.
+pub fn changelog_topic(group: &str) -> String {
+    format!("{group}-changelog")
+}
