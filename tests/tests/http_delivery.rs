@@ -288,7 +288,10 @@ fn spawn(
     config.fingerprint.key = "http-delivery-key".into();
     config.kafka.as_mut().unwrap().instance_id = Some("sigkill".into());
     if crash_at.is_some() {
+        // Small batches, each committed (no commit interval): every stage passes its crash
+        // points dozens of times, with work left after each.
         config.ingest.batch_size = 10;
+        config.ingest.commit_interval = Duration::ZERO;
     }
     kit::process::spawn_logged(
         kit::process::with_config(&config)

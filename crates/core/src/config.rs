@@ -210,6 +210,12 @@ pub struct IngestConfig {
     pub batch_size: usize,
     /// Most payload bytes held in one batch.
     pub batch_bytes: usize,
+    /// How long ingest may go on with batches whose outputs are durable before it makes its
+    /// state, its changelog records and its offsets durable together (Kafka Streams'
+    /// `commit.interval.ms`); 0 commits every batch. A crash replays at most this much, with the
+    /// same outputs.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
 }
 
 impl Default for IngestConfig {
@@ -220,6 +226,7 @@ impl Default for IngestConfig {
             dedup_window: Duration::from_secs(7 * 24 * 3600),
             batch_size: 2000,
             batch_bytes: 16 * 1024 * 1024,
+            commit_interval: Duration::from_millis(100),
         }
     }
 }
@@ -288,6 +295,12 @@ impl Config {
         }
         if self.ingest.batch_size == 0 || self.ingest.batch_bytes == 0 {
             return Err(Error::Config("ingest batch limits must be positive".into()));
+        }
+        if self.ingest.commit_interval > Duration::from_secs(60) {
+            return Err(Error::Config(
+                "ingest.commit_interval must be at most 60s (a crash replays up to that much)"
+                    .into(),
+            ));
         }
         if self.ingest.max_payload_bytes == 0 {
             return Err(Error::Config(

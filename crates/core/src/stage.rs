@@ -41,6 +41,15 @@ pub trait Processor: Send {
         None
     }
 
+    /// How long the stage may keep processing batches (their outputs durable) before it makes
+    /// the state, the changelog and the offsets durable together, as Kafka Streams'
+    /// `commit.interval.ms` does; `None` commits every batch. A processor that returns `Some`
+    /// stages the changes of several batches, and answers each batch from the staged changes of
+    /// the batches before it.
+    fn commit_interval(&self) -> Option<Duration> {
+        None
+    }
+
     /// Persists the staged state changes; called once the batch's outputs are durable.
     fn commit(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
@@ -139,6 +148,7 @@ where
     let span = tracing::info_span!("stage", stage = name);
     async move {
         let mut stats = StageStats::default();
+        let mut open = Open::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -164,6 +174,14 @@ where
                 Err(e) => return Err(e.into()),
             };
             if batch.is_empty() {
+                // Nothing came: what is open becomes durable now, not at the next batch.
+                if !commit_open(
+                    name, source, sink, processor, &mut open, &mut stats, &shutdown,
+                )
+                .await?
+                {
+                    return Ok(stats);
+                }
                 if until == Until::Idle && source.lag() == Some(0) {
                     break;
                 }
@@ -175,33 +193,17 @@ where
             if !send_durably(name, sink, &outputs, &mut stats, &shutdown).await? {
                 return Ok(stats);
             }
-            let changes = processor.changelog()?;
-            if !changes.is_empty()
-                && !send_durably(name, sink, &changes, &mut stats, &shutdown).await?
+            open.add(&batch);
+            let due = processor
+                .commit_interval()
+                .is_none_or(|every| open.since.is_some_and(|t| t.elapsed() >= every));
+            if due
+                && !commit_open(
+                    name, source, sink, processor, &mut open, &mut stats, &shutdown,
+                )
+                .await?
             {
                 return Ok(stats);
-            }
-            crate::crash::point(name, "sent");
-            processor.commit().await?;
-            crate::crash::point(name, "committed");
-            let positions = last_positions(&batch);
-            let mut backoff = RETRY_BACKOFF_FIRST;
-            loop {
-                match source.ack(&positions).await {
-                    Ok(()) => break,
-                    Err(e) if e.is_retryable() => {
-                        crate::metrics::CONSUMER_RETRIES
-                            .with_label_values(&[name])
-                            .inc();
-                        tracing::warn!(error = %e, ?backoff, "storing offsets failed, retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(stats),
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
             }
             crate::metrics::RECORDS_CONSUMED
                 .with_label_values(&[name])
@@ -217,10 +219,94 @@ where
             stats.outputs += n_out;
             tracing::debug!(records = batch.len(), outputs = n_out, "batch done");
         }
+        // A stop keeps the work whose outputs are durable (a failed send here is replayed).
+        commit_open(
+            name, source, sink, processor, &mut open, &mut stats, &shutdown,
+        )
+        .await?;
         Ok(stats)
     }
     .instrument(span)
     .await
+}
+
+/// Batches whose outputs are durable and whose state, changelog and offsets are not yet.
+#[derive(Debug, Default)]
+struct Open {
+    /// The last offset of each partition in them.
+    positions: std::collections::BTreeMap<(String, i32), i64>,
+    batches: usize,
+    /// When the first of them was sent.
+    since: Option<tokio::time::Instant>,
+}
+
+impl Open {
+    fn add(&mut self, batch: &[Record]) {
+        for p in last_positions(batch) {
+            let e = self
+                .positions
+                .entry((p.topic, p.partition))
+                .or_insert(p.offset);
+            *e = (*e).max(p.offset);
+        }
+        self.batches += 1;
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+    }
+}
+
+/// Makes the open batches durable: their changelog records, then the processor's state, then
+/// their offsets. `false` when shutdown came first (nothing acknowledged: they are replayed).
+async fn commit_open<S, K, P>(
+    name: &str,
+    source: &mut S,
+    sink: &K,
+    processor: &mut P,
+    open: &mut Open,
+    stats: &mut StageStats,
+    shutdown: &CancellationToken,
+) -> Result<bool, P::Error>
+where
+    S: Source,
+    K: Sink,
+    P: Processor,
+{
+    if open.batches == 0 {
+        return Ok(true);
+    }
+    let changes = processor.changelog()?;
+    if !changes.is_empty() && !send_durably(name, sink, &changes, stats, shutdown).await? {
+        return Ok(false);
+    }
+    crate::crash::point(name, "sent");
+    processor.commit().await?;
+    crate::crash::point(name, "committed");
+    let positions: Vec<Position> = std::mem::take(open)
+        .positions
+        .into_iter()
+        .map(|((topic, partition), offset)| Position {
+            topic,
+            partition,
+            offset,
+        })
+        .collect();
+    let mut backoff = RETRY_BACKOFF_FIRST;
+    loop {
+        match source.ack(&positions).await {
+            Ok(()) => return Ok(true),
+            Err(e) if e.is_retryable() => {
+                crate::metrics::CONSUMER_RETRIES
+                    .with_label_values(&[name])
+                    .inc();
+                tracing::warn!(error = %e, ?backoff, "storing offsets failed, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(false),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Sends `records` until they are durable, retrying a retryable failure with capped back-off;
@@ -322,6 +408,7 @@ mod tests {
     /// Echoes each record to `out`, and counts commits.
     struct Echo {
         commits: usize,
+        interval: Option<Duration>,
     }
 
     impl Processor for Echo {
@@ -336,6 +423,83 @@ mod tests {
             self.commits += 1;
             Ok(())
         }
+        fn commit_interval(&self) -> Option<Duration> {
+            self.interval
+        }
+    }
+
+    /// Hands out its batches 60 ms apart, then nothing.
+    struct Paced {
+        batches: std::collections::VecDeque<Vec<Record>>,
+        acked: Vec<Vec<Position>>,
+    }
+
+    impl Source for Paced {
+        async fn next_batch(&mut self, _: BatchLimits) -> crate::Result<Vec<Record>> {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            Ok(self.batches.pop_front().unwrap_or_default())
+        }
+        async fn ack(&mut self, positions: &[Position]) -> crate::Result<()> {
+            self.acked.push(positions.to_vec());
+            Ok(())
+        }
+        fn lag(&self) -> Option<u64> {
+            Some(self.batches.len() as u64)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_commit_interval_several_batches_are_committed_and_acknowledged_together() {
+        let at = |partition: i32, offset: i64| Record {
+            partition,
+            ..record(offset)
+        };
+        let mut source = Paced {
+            batches: [
+                vec![at(0, 0), at(1, 0)],
+                vec![at(0, 1)],
+                vec![at(1, 1), at(1, 2)],
+                vec![at(0, 2)],
+            ]
+            .into(),
+            acked: Vec::new(),
+        };
+        let sink = Flaky {
+            failures: 0,
+            attempts: Mutex::new(Vec::new()),
+            sent: Mutex::new(Vec::new()),
+        };
+        let mut p = Echo {
+            commits: 0,
+            interval: Some(Duration::from_millis(100)),
+        };
+        let limits = BatchLimits {
+            max_records: 10,
+            max_bytes: 1 << 20,
+            wait: Duration::from_millis(1),
+        };
+        run(
+            "test",
+            &mut source,
+            &sink,
+            &mut p,
+            limits,
+            Until::Idle,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        // Batches at 60, 120, 180 ms: the third is 120 ms after the first, so the three commit
+        // together; the fourth (240 ms) commits when nothing more comes.
+        assert_eq!(sink.sent.lock().unwrap().len(), 6);
+        assert_eq!(p.commits, 2);
+        assert_eq!(
+            source.acked,
+            vec![
+                vec![at(0, 1).position(), at(1, 2).position()],
+                vec![at(0, 2).position()],
+            ]
+        );
     }
 
     fn record(offset: i64) -> Record {
@@ -362,7 +526,10 @@ mod tests {
             attempts: Mutex::new(Vec::new()),
             sent: Mutex::new(Vec::new()),
         };
-        let mut p = Echo { commits: 0 };
+        let mut p = Echo {
+            commits: 0,
+            interval: None,
+        };
         let limits = BatchLimits {
             max_records: 10,
             max_bytes: 1 << 20,
@@ -408,7 +575,10 @@ mod tests {
             attempts: Mutex::new(Vec::new()),
             sent: Mutex::new(Vec::new()),
         };
-        let mut p = Echo { commits: 0 };
+        let mut p = Echo {
+            commits: 0,
+            interval: None,
+        };
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {

@@ -474,6 +474,10 @@ impl Processor for Ingest {
         Ok(out)
     }
 
+    fn commit_interval(&self) -> Option<std::time::Duration> {
+        Some(self.cfg.commit_interval).filter(|d| !d.is_zero())
+    }
+
     fn restorer(&self) -> Option<Arc<dyn tillbridge_core::log::StateRestore>> {
         self.restore
             .clone()
