@@ -72,6 +72,19 @@ pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
         .expect("spawn tillbridge")
 }
 
+/// The panic a log file holds (its message, before the backtrace that would fill its tail).
+pub fn panic_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    match lines.iter().position(|l| l.contains("panicked at")) {
+        Some(i) => format!(
+            "panic:\n{}\n",
+            lines[i..(i + 3).min(lines.len())].join("\n")
+        ),
+        None => String::new(),
+    }
+}
+
 /// The last 40 lines of a log file, for a failure message.
 pub fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -151,7 +164,8 @@ impl Instance {
             Some(c) => {
                 assert!(
                     c.try_wait().expect("try_wait").is_none(),
-                    "an instance exited; log:\n{}",
+                    "an instance exited; {}log:\n{}",
+                    panic_of(&self.log),
                     log_tail(&self.log)
                 );
                 true
