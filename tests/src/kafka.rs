@@ -537,6 +537,30 @@ pub async fn delete_topic(broker: &str, topic: &str) {
 
 /// The changelog topic of `stage`'s state under `config`'s group prefix.
 pub fn changelog_of(config: &Config, stage: &str) -> String {
+    tillbridge_core::log::changelog_topic(&group_of(config, stage))
+}
+
+/// `stage`'s consumer group under `config`'s group prefix.
+pub fn group_of(config: &Config, stage: &str) -> String {
     let prefix = &config.kafka.as_ref().expect("kafka config").group_prefix;
-    tillbridge_core::log::changelog_topic(&format!("{prefix}.{stage}"))
+    format!("{prefix}.{stage}")
+}
+
+/// A check for [`await_condition`]: `stage`'s group has committed every partition of `topic` up
+/// to its end as it is now.
+pub fn caught_up(
+    broker: &str,
+    config: &Config,
+    stage: &str,
+    topic: &str,
+) -> impl Fn() -> Result<(), String> + Clone + Send + Sync + 'static {
+    let (b, g) = (broker.to_owned(), group_of(config, stage));
+    let e = ends(broker, &[topic.to_owned()]);
+    move || {
+        if group_caught_up(&b, &g, &e) {
+            Ok(())
+        } else {
+            Err(format!("group {g} not at {e:?}"))
+        }
+    }
 }

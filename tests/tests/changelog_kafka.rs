@@ -27,18 +27,7 @@ async fn a_wiped_instance_restores_from_the_changelog_and_sends_nothing_twice() 
     let (sent, events) = kit::events::good_events(n, 16, 47);
     let producer = kit::producer(&broker);
     kit::produce_sent(&producer, &config.topics.till_events, &sent).await;
-    let group = format!("{}.ingest", config.kafka.as_ref().unwrap().group_prefix);
-    let ends = kit::ends(&broker, std::slice::from_ref(&config.topics.till_events));
-    let caught_up = {
-        let (b, g, e) = (broker.clone(), group.clone(), ends.clone());
-        move || {
-            if kit::group_caught_up(&b, &g, &e) {
-                Ok(())
-            } else {
-                Err(format!("group {g} not at {e:?}"))
-            }
-        }
-    };
+    let caught_up = kit::caught_up(&broker, &config, "ingest", &config.topics.till_events);
     let args = ["run", "--stages", "ingest"];
     let mut instance = kit::process::Instance::new(&config, base.path(), "a", &args, "info");
 
@@ -105,16 +94,8 @@ async fn a_wiped_instance_restores_from_the_changelog_and_sends_nothing_twice() 
         }
     }
     kit::produce_sent(&producer, &config.topics.till_events, &resends).await;
-    let ends = kit::ends(&broker, std::slice::from_ref(&config.topics.till_events));
-    let (b, g) = (broker.clone(), group.clone());
-    kit::await_condition(Duration::from_secs(120), move || {
-        if kit::group_caught_up(&b, &g, &ends) {
-            Ok(())
-        } else {
-            Err(format!("group {g} not at {ends:?}"))
-        }
-    })
-    .await;
+    let caught_up = kit::caught_up(&broker, &config, "ingest", &config.topics.till_events);
+    kit::await_condition(Duration::from_secs(120), caught_up).await;
     instance.stop();
 
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();

@@ -25,18 +25,7 @@ async fn a_new_state_killed_half_way_through_its_replay_still_reads_every_partit
     let (sent, events) = kit::events::good_events(n, 16, 31);
     let producer = kit::producer(&broker);
     kit::produce_sent(&producer, &config.topics.till_events, &sent).await;
-    let group = format!("{}.ingest", config.kafka.as_ref().unwrap().group_prefix);
-    let ends = kit::ends(&broker, std::slice::from_ref(&config.topics.till_events));
-    let caught_up = {
-        let (b, g, e) = (broker.clone(), group.clone(), ends.clone());
-        move || {
-            if kit::group_caught_up(&b, &g, &e) {
-                Ok(())
-            } else {
-                Err(format!("group {g} not at {e:?}"))
-            }
-        }
-    };
+    let caught_up = kit::caught_up(&broker, &config, "ingest", &config.topics.till_events);
 
     // A first life reads everything; its state is then lost.
     let run = kit::InProcess::ingest(&config);

@@ -393,6 +393,22 @@ mod tests {
         sent: Mutex<Vec<OutRecord>>,
     }
 
+    impl Flaky {
+        fn new(failures: usize) -> Flaky {
+            Flaky {
+                failures,
+                attempts: Mutex::new(Vec::new()),
+                sent: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    const LIMITS: BatchLimits = BatchLimits {
+        max_records: 10,
+        max_bytes: 1 << 20,
+        wait: Duration::from_millis(1),
+    };
+
     impl Sink for Flaky {
         async fn send(&self, records: Vec<OutRecord>) -> crate::Result<()> {
             let mut attempts = self.attempts.lock().unwrap();
@@ -464,26 +480,17 @@ mod tests {
             .into(),
             acked: Vec::new(),
         };
-        let sink = Flaky {
-            failures: 0,
-            attempts: Mutex::new(Vec::new()),
-            sent: Mutex::new(Vec::new()),
-        };
+        let sink = Flaky::new(0);
         let mut p = Echo {
             commits: 0,
             interval: Some(Duration::from_millis(100)),
-        };
-        let limits = BatchLimits {
-            max_records: 10,
-            max_bytes: 1 << 20,
-            wait: Duration::from_millis(1),
         };
         run(
             "test",
             &mut source,
             &sink,
             &mut p,
-            limits,
+            LIMITS,
             Until::Idle,
             CancellationToken::new(),
         )
@@ -521,26 +528,17 @@ mod tests {
             records: Some((0..3).map(record).collect()),
             acked: acked.clone(),
         };
-        let sink = Flaky {
-            failures: 9,
-            attempts: Mutex::new(Vec::new()),
-            sent: Mutex::new(Vec::new()),
-        };
+        let sink = Flaky::new(9);
         let mut p = Echo {
             commits: 0,
             interval: None,
-        };
-        let limits = BatchLimits {
-            max_records: 10,
-            max_bytes: 1 << 20,
-            wait: Duration::from_millis(1),
         };
         let stats = run(
             "test",
             &mut source,
             &sink,
             &mut p,
-            limits,
+            LIMITS,
             Until::Idle,
             CancellationToken::new(),
         )
@@ -570,11 +568,7 @@ mod tests {
             records: Some(vec![record(0)]),
             acked: acked.clone(),
         };
-        let sink = Flaky {
-            failures: usize::MAX,
-            attempts: Mutex::new(Vec::new()),
-            sent: Mutex::new(Vec::new()),
-        };
+        let sink = Flaky::new(usize::MAX);
         let mut p = Echo {
             commits: 0,
             interval: None,
@@ -585,17 +579,12 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             stop.cancel();
         });
-        let limits = BatchLimits {
-            max_records: 10,
-            max_bytes: 1 << 20,
-            wait: Duration::from_millis(1),
-        };
         run(
             "test",
             &mut source,
             &sink,
             &mut p,
-            limits,
+            LIMITS,
             Until::Shutdown,
             shutdown,
         )
