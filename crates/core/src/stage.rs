@@ -35,6 +35,12 @@ pub trait Processor: Send {
         Ok(Vec::new())
     }
 
+    /// Where the batch's changelog records landed (see [`crate::log::StateRestore::checkpoint`]);
+    /// called before [`Processor::commit`], which keeps it with the state.
+    fn changelog_written(&mut self, _written: &crate::log::Written) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
     /// The restore side of the state's changelog, for the source to restore a partition the
     /// state holds nothing of before it reads the partition's input.
     fn restorer(&self) -> Option<std::sync::Arc<dyn crate::log::StateRestore>> {
@@ -190,7 +196,10 @@ where
             let outputs = processor.process(&batch)?;
             crate::crash::point(name, "processed");
             let n_out = outputs.len() as u64;
-            if !send_durably(name, sink, &outputs, &mut stats, &shutdown).await? {
+            if send_durably(name, sink, &outputs, &mut stats, &shutdown)
+                .await?
+                .is_none()
+            {
                 return Ok(stats);
             }
             open.add(&batch);
@@ -274,8 +283,11 @@ where
         return Ok(true);
     }
     let changes = processor.changelog()?;
-    if !changes.is_empty() && !send_durably(name, sink, &changes, stats, shutdown).await? {
-        return Ok(false);
+    if !changes.is_empty() {
+        match send_durably(name, sink, &changes, stats, shutdown).await? {
+            Some(written) => processor.changelog_written(&written)?,
+            None => return Ok(false),
+        }
     }
     crate::crash::point(name, "sent");
     processor.commit().await?;
@@ -310,18 +322,18 @@ where
 }
 
 /// Sends `records` until they are durable, retrying a retryable failure with capped back-off;
-/// `false` when shutdown came first.
+/// where they landed, or `None` when shutdown came first.
 async fn send_durably<K: Sink>(
     name: &str,
     sink: &K,
     records: &[OutRecord],
     stats: &mut StageStats,
     shutdown: &CancellationToken,
-) -> crate::Result<bool> {
+) -> crate::Result<Option<crate::log::Written>> {
     let mut backoff = RETRY_BACKOFF_FIRST;
     loop {
-        match sink.send(records.to_vec()).await {
-            Ok(()) => return Ok(true),
+        match sink.send_tracked(records.to_vec()).await {
+            Ok(written) => return Ok(Some(written)),
             Err(e) if e.is_retryable() => {
                 stats.send_retries += 1;
                 crate::metrics::SEND_RETRIES
@@ -329,7 +341,7 @@ async fn send_durably<K: Sink>(
                     .inc();
                 tracing::warn!(error = %e, ?backoff, "send failed, retrying");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(false),
+                    _ = shutdown.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);

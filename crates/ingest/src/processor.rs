@@ -15,7 +15,9 @@ use tillbridge_proto::{pb, Rejection};
 
 use crate::dedup::{DedupIndex, Seen, Staged};
 use crate::error::Error;
-use crate::state::{Changes, IngestRestore, SessionEntry, TillGaps, OFFSET_PREFIX, WATERMARK_KEY};
+use crate::state::{
+    checkpoint_key, Changes, IngestRestore, SessionEntry, TillGaps, OFFSET_PREFIX, WATERMARK_KEY,
+};
 
 /// Layout version of the ingest state; a store of another layout is rebuilt.
 const STATE_FORMAT: &str = "ingest-v1";
@@ -73,6 +75,8 @@ pub struct Ingest {
     partition: i32,
     /// The changelog's restore side, when the state is mirrored to a changelog topic.
     restore: Option<Arc<IngestRestore>>,
+    /// The changelog checkpoints the open batches' changelog records move forward.
+    staged_checkpoints: BTreeMap<i32, i64>,
     /// Change of the missing receipts over all tills in the batch in flight.
     staged_gap_delta: i64,
     /// Next offset per input partition after the batch in flight.
@@ -128,6 +132,7 @@ impl Ingest {
             staged_dedup: None,
             partition: 0,
             restore: None,
+            staged_checkpoints: BTreeMap::new(),
             staged_gap_delta: 0,
             staged_offsets: BTreeMap::new(),
             staged_routed: BTreeMap::new(),
@@ -515,6 +520,26 @@ impl Processor for Ingest {
         Ok(changes.out)
     }
 
+    fn changelog_written(&mut self, written: &tillbridge_core::log::Written) -> Result<(), Error> {
+        let Some(restore) = &self.restore else {
+            return Ok(());
+        };
+        for ((topic, partition), landed) in written {
+            if *topic != restore.topic {
+                continue;
+            }
+            // The checkpoint moves only over a run of this state's own records right after it:
+            // records another instance wrote in between are not in this state, and must be
+            // read from the changelog when the partition comes back.
+            let checkpoint =
+                tillbridge_core::log::StateRestore::checkpoint(restore.as_ref(), *partition);
+            if checkpoint.is_some_and(|c| landed.follows(c)) {
+                self.staged_checkpoints.insert(*partition, landed.last + 1);
+            }
+        }
+        Ok(())
+    }
+
     async fn commit(&mut self) -> Result<(), Error> {
         self.stage_dedup()?;
         let dedup = self
@@ -532,6 +557,9 @@ impl Processor for Ingest {
         let mut meta = sled::Batch::default();
         if let Some(w) = self.watermark_ms {
             meta.insert(WATERMARK_KEY, &w.to_be_bytes());
+        }
+        for (partition, next) in std::mem::take(&mut self.staged_checkpoints) {
+            meta.insert(checkpoint_key(partition), &next.to_be_bytes());
         }
         // The positions this state reflects, with it (see `Processor::positions`).
         for ((topic, partition), next) in std::mem::take(&mut self.staged_offsets) {

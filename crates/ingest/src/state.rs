@@ -27,6 +27,13 @@ const MAX_GAPS_PER_TILL: usize = 1024;
 pub(crate) const OFFSET_PREFIX: &[u8] = b"off/";
 /// Key of the watermark in the `meta` tree.
 pub(crate) const WATERMARK_KEY: &[u8] = b"watermark_ms";
+/// Prefix of the changelog checkpoints (per changelog partition) in the `meta` tree.
+pub(crate) const CHECKPOINT_PREFIX: &str = "clog/";
+
+/// The `meta` key of changelog partition `partition`'s checkpoint.
+pub(crate) fn checkpoint_key(partition: i32) -> Vec<u8> {
+    format!("{CHECKPOINT_PREFIX}{partition}").into_bytes()
+}
 
 const TAG_DEDUP: u8 = b'd';
 const TAG_SESSION: u8 = b's';
@@ -305,16 +312,35 @@ impl StateRestore for IngestRestore {
         Ok(())
     }
 
-    fn finish(&self, input: &(String, i32)) -> tillbridge_core::Result<Option<i64>> {
-        let next = self.positions.lock().ok().and_then(|mut p| p.remove(input));
+    fn checkpoint(&self, partition: i32) -> Option<i64> {
+        self.meta
+            .get(checkpoint_key(partition))
+            .ok()
+            .flatten()
+            .and_then(|v| i64_of(&v))
+    }
+
+    fn finish(
+        &self,
+        input: &(String, i32),
+        changelog_next: i64,
+    ) -> tillbridge_core::Result<Option<i64>> {
+        let key = position_key(OFFSET_PREFIX, &input.0, input.1);
+        let held = self
+            .meta
+            .get(&key)
+            .map_err(storage)?
+            .and_then(|v| i64_of(&v));
+        let read = self.positions.lock().ok().and_then(|mut p| p.remove(input));
+        let next = held.max(read);
         if let Some(next) = next {
             self.meta
-                .insert(
-                    position_key(OFFSET_PREFIX, &input.0, input.1),
-                    &next.to_be_bytes(),
-                )
+                .insert(key, &next.to_be_bytes())
                 .map_err(storage)?;
         }
+        self.meta
+            .insert(checkpoint_key(input.1), &changelog_next.to_be_bytes())
+            .map_err(storage)?;
         self.db.flush().map_err(storage)?;
         self.restored.store(true, Ordering::Release);
         Ok(next)

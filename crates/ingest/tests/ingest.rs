@@ -393,7 +393,16 @@ async fn a_state_restored_from_its_changelog_answers_as_the_original() {
     // Applying twice changes nothing.
     restore.apply(0, &read).unwrap();
     restore.apply(0, &read).unwrap();
-    assert_eq!(restore.finish(&("till.events".into(), 0)).unwrap(), Some(3));
+    let end = read.len() as i64;
+    assert_eq!(
+        restore.finish(&("till.events".into(), 0), end).unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        restore.checkpoint(0),
+        Some(end),
+        "the changelog read is the checkpoint"
+    );
     assert_eq!(b.positions().unwrap(), a.positions().unwrap());
     assert_eq!(b.till_gaps().unwrap(), a.till_gaps().unwrap());
     assert_eq!(b.dedup_len(), a.dedup_len());
@@ -411,8 +420,31 @@ async fn a_state_restored_from_its_changelog_answers_as_the_original() {
     .enumerate()
     .map(|(i, e)| record(3 + i as i64, e.encode_to_vec(), T0 + 200))
     .collect();
-    let out_a = a.process(&next).unwrap();
-    let out_b = b.process(&next).unwrap();
+    let out_a = a.process(&next[..2]).unwrap();
+    let out_b = b.process(&next[..2]).unwrap();
+    // `b`'s own changelog records, right after its checkpoint, move it; records landing after
+    // another writer's do not (those must be read back when the partition returns).
+    let landed = |first: i64, count: i64| {
+        tillbridge_core::log::Written::from([(
+            ("ingest-changelog".to_owned(), 0),
+            tillbridge_core::log::Landed {
+                first,
+                last: first + count - 1,
+                count,
+            },
+        )])
+    };
+    let mine = b.changelog().unwrap().len() as i64;
+    b.changelog_written(&landed(end, mine)).unwrap();
+    b.commit().await.unwrap();
+    let after_own = end + mine;
+    assert_eq!(restore.checkpoint(0), Some(after_own));
+    let mut out_a = out_a;
+    let mut out_b = out_b;
+    out_a.extend(a.process(&next[2..]).unwrap());
+    out_b.extend(b.process(&next[2..]).unwrap());
+    let mine = b.changelog().unwrap().len() as i64;
+    b.changelog_written(&landed(after_own + 5, mine)).unwrap();
     // The same records, but for the time a dead letter was written (processing time).
     let facts = |out: &[OutRecord]| -> Vec<OutRecord> {
         out.iter()
@@ -435,4 +467,9 @@ async fn a_state_restored_from_its_changelog_answers_as_the_original() {
     a.commit().await.unwrap();
     b.commit().await.unwrap();
     assert_eq!(b.till_gaps().unwrap(), a.till_gaps().unwrap());
+    assert_eq!(
+        restore.checkpoint(0),
+        Some(after_own),
+        "not moved over another writer's records"
+    );
 }

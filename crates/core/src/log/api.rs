@@ -148,6 +148,35 @@ pub trait Sink: Send + Sync {
     /// Writes `records`; returns once all of them are durable (acknowledged by the broker, or
     /// flushed to disk), or an error when any of them is not.
     fn send(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<()>> + Send;
+
+    /// As [`Sink::send`], and tells where the records landed, partition by partition, when the
+    /// log can tell (Kafka can; the default tells nothing).
+    fn send_tracked(
+        &self,
+        records: Vec<OutRecord>,
+    ) -> impl Future<Output = Result<Written>> + Send {
+        async move { self.send(records).await.map(|()| Written::new()) }
+    }
+}
+
+/// Where records landed: per `(topic, partition)`, the first and last offset written and how
+/// many records (so a caller can tell whether another writer's records fell in between).
+pub type Written = std::collections::BTreeMap<(String, i32), Landed>;
+
+/// The records one send wrote to one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Landed {
+    pub first: i64,
+    pub last: i64,
+    pub count: i64,
+}
+
+impl Landed {
+    /// Whether they are contiguous and start at `next`: nothing else was written to the
+    /// partition since offset `next`.
+    pub fn follows(&self, next: i64) -> bool {
+        self.first == next && self.last - self.first + 1 == self.count
+    }
 }
 
 /// The dead letter of a record a stage read that breaks the contract (a till event, a store row,

@@ -21,10 +21,18 @@ pub trait StateRestore: Send + Sync + std::fmt::Debug {
     /// same records twice gives the same state.
     fn apply(&self, partition: i32, records: &[Record]) -> Result<()>;
 
-    /// Makes the restored state of input partition `input` durable and returns the next offset
-    /// of that partition it reflects (`None` when the changelog holds none: the input is then
-    /// read from its beginning).
-    fn finish(&self, input: &(String, i32)) -> Result<Option<i64>>;
+    /// The next changelog offset of `partition` the local state reflects with every record
+    /// before it (its own writes, and what it restored), when it knows one. A partition the
+    /// state already holds a position for is brought up to date from there: what other
+    /// instances wrote while they owned the partition. `None` (a state from before checkpoints,
+    /// or one whose own writes were interleaved with another writer's) leaves it to the input.
+    fn checkpoint(&self, partition: i32) -> Option<i64>;
+
+    /// Makes the restored state of input partition `input` durable, with `changelog_next` (the
+    /// next changelog offset now reflected) as its checkpoint, and returns the next offset of the
+    /// input partition it reflects: the later of the state's own and the changelog's (`None`
+    /// when neither holds one: the input is then read from its beginning).
+    fn finish(&self, input: &(String, i32), changelog_next: i64) -> Result<Option<i64>>;
 }
 
 /// The changelog topic of a stage's state in consumer group `group`.

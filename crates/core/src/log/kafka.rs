@@ -467,16 +467,32 @@ impl CommitBeforeRevoke {
         let Some((restore, reader)) = &self.restore else {
             return;
         };
-        let missing = match self.resume.lock().as_deref() {
-            Ok(Resume::State(positions)) => !positions.contains_key(key),
-            _ => false,
+        let held = match self.resume.lock().as_deref() {
+            Ok(Resume::State(positions)) => positions.get(key).copied(),
+            _ => return,
         };
-        if !missing {
-            return;
-        }
+        // A state with nothing of the partition restores it whole; one that holds it is brought
+        // up to date from its checkpoint (what others wrote while they owned it), or, without
+        // one, re-reads the input from its position.
+        let from = match held {
+            None => None,
+            Some(_) => match restore.checkpoint(key.1) {
+                Some(c) => Some(c),
+                None => return,
+            },
+        };
         // The callback runs on the task polling the consumer: on a multi-threaded runtime the
         // other tasks move off this thread while it reads.
-        let run = || read_changelog(restore.as_ref(), reader, key, &self.group, &self.stage);
+        let run = || {
+            read_changelog(
+                restore.as_ref(),
+                reader,
+                key,
+                from,
+                &self.group,
+                &self.stage,
+            )
+        };
         let multi = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let restored = if multi {
@@ -743,12 +759,14 @@ impl ConsumerContext for CommitBeforeRevoke {
     }
 }
 
-/// Reads changelog partition `key.1` from its beginning to its end into `restore`, logging its
-/// progress; returns the position of input partition `key` the restored state reflects.
+/// Reads changelog partition `key.1` from `from` (its beginning when `None`) to its end into
+/// `restore`, logging its progress; returns the position of input partition `key` the restored
+/// state reflects (`None`: unchanged).
 fn read_changelog(
     restore: &dyn StateRestore,
     reader: &ClientConfig,
     key: &(String, i32),
+    from: Option<i64>,
     group: &str,
     stage: &str,
 ) -> Result<Option<i64>> {
@@ -757,19 +775,25 @@ fn read_changelog(
     let consumer: BaseConsumer = reader.create().map_err(kafka_err)?;
     let (low, high) =
         settled(|| consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)))?;
+    let low = from.map_or(low, |c| c.max(low));
     if high <= low {
-        return restore.finish(key);
+        // Nothing to read: a new state notes where the changelog ends; one brought up to date
+        // had nothing new.
+        return match from {
+            None => restore.finish(key, high),
+            Some(_) => Ok(None),
+        };
     }
     let gauge = crate::metrics::RESTORE_REMAINING.with_label_values(&[
         group,
         topic,
         &partition.to_string(),
     ]);
-    tracing::info!(%topic, partition, records = high - low,
+    tracing::info!(%topic, partition, from = low, records = high - low,
         "restoring the stage's state of a partition from its changelog");
     gauge.set(high - low);
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+    tpl.add_partition_offset(topic, partition, Offset::Offset(low))
         .map_err(kafka_err)?;
     consumer.assign(&tpl).map_err(kafka_err)?;
     let started = std::time::Instant::now();
@@ -812,7 +836,7 @@ fn read_changelog(
     }
     restore.apply(partition, &chunk)?;
     crate::crash::point(stage, "restore_applied");
-    let position = restore.finish(key)?;
+    let position = restore.finish(key, next)?;
     gauge.set(0);
     crate::metrics::RESTORES.with_label_values(&[stage]).inc();
     let secs = started.elapsed().as_secs_f64().max(1e-3);
@@ -1126,6 +1150,10 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     async fn send(&self, records: Vec<OutRecord>) -> Result<()> {
+        self.send_tracked(records).await.map(|_| ())
+    }
+
+    async fn send_tracked(&self, records: Vec<OutRecord>) -> Result<super::api::Written> {
         let producer = self.producer();
         let mut pending = Vec::with_capacity(records.len());
         for r in &records {
@@ -1153,10 +1181,29 @@ impl Sink for KafkaSink {
         let results = join_all(pending).await;
         let mut failed = 0usize;
         let mut last = String::new();
-        for res in results {
-            if let Err((e, _)) = res {
-                failed += 1;
-                last = e.to_string();
+        let mut written = super::api::Written::new();
+        for (res, r) in results.into_iter().zip(&records) {
+            match res {
+                Ok(rdkafka::producer::future_producer::Delivery {
+                    partition, offset, ..
+                }) => {
+                    written
+                        .entry((r.topic.clone(), partition))
+                        .and_modify(|l| {
+                            l.first = l.first.min(offset);
+                            l.last = l.last.max(offset);
+                            l.count += 1;
+                        })
+                        .or_insert(super::api::Landed {
+                            first: offset,
+                            last: offset,
+                            count: 1,
+                        });
+                }
+                Err((e, _)) => {
+                    failed += 1;
+                    last = e.to_string();
+                }
             }
         }
         if failed > 0 {
@@ -1169,7 +1216,7 @@ impl Sink for KafkaSink {
                 ),
             });
         }
-        Ok(())
+        Ok(written)
     }
 }
 
