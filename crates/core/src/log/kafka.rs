@@ -42,7 +42,8 @@ pub enum Resume {
     /// read from its beginning. A partition that comes back after another member owned it is
     /// read again from where this state left it, so the state learns what the other member
     /// accepted (ingest then still refuses a conflicting resend of an event the other accepted),
-    /// at the cost of re-sending identical records.
+    /// re-sending identical records; with a changelog ([`StateRestore`]) the state is first
+    /// restored or brought up to date from it, and these positions follow.
     State(BTreeMap<(String, i32), i64>),
 }
 
