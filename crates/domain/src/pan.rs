@@ -341,14 +341,23 @@ fn escaped_digit(cp: u32) -> Option<u8> {
 
 fn redact_plain(bytes: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
-    for (start, end) in find(bytes) {
-        for (s, e, class) in classify(&bytes[start..end]) {
-            if matches!(class, Class::Digit(_)) {
-                out[start + s..start + e].fill(b'*');
+    // Starring one PAN can unmask another: a UUID-shaped token that hid a number stops being one
+    // once a neighbouring PAN's digits are starred. So it goes on until nothing is found; each
+    // round stars at least one digit, so it ends.
+    loop {
+        let found = find(&out);
+        if found.is_empty() {
+            return out;
+        }
+        let before = out.clone();
+        for (start, end) in found {
+            for (s, e, class) in classify(&before[start..end]) {
+                if matches!(class, Class::Digit(_)) {
+                    out[start + s..start + e].fill(b'*');
+                }
             }
         }
     }
-    out
 }
 
 /// Byte ranges of UUID-shaped tokens (`8-4-4-4-12` hex digits, not part of a longer word).
@@ -408,6 +417,20 @@ mod tests {
     fn json_text(bytes: &[u8]) -> String {
         let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
         v.to_string()
+    }
+
+    /// Found by the `pan` fuzz target: the second number sits in a UUID-shaped token, which
+    /// stops being one once the first PAN beside it is starred.
+    #[test]
+    fn redacting_a_pan_that_unmasks_another_redacts_that_one_too() {
+        let text = b"u0B1111110-3011-3021-1119-1111A110-3011-3021-1119-1111AB111110-311";
+        let redacted = redact(text);
+        assert!(
+            find(&redacted).is_empty(),
+            "{}",
+            String::from_utf8_lossy(&redacted)
+        );
+        assert_eq!(redacted.len(), text.len());
     }
 
     #[test]
