@@ -20,7 +20,8 @@
 //! it from there before reading the partition (`state`).
 //!
 //! Parts: [`Ingest`] (the processor), [`IngestStats`] (counters), the dedup index with expiry
-//! (`dedup`), kept in a sled tree with a hot in-memory set (dashmap) in front, and the state's
+//! (`dedup`), held whole in memory (dashmap) with a sled tree ordered by event time as its
+//! durable copy, and the state's
 //! values and changelog (`state`).
 
 mod dedup;
@@ -29,6 +30,9 @@ mod processor;
 pub mod route;
 mod state;
 
+/// The dedup index on its own, for `benches/dedup_index.rs`; not a stable interface.
+#[doc(hidden)]
+pub use dedup::{DedupIndex, Seen};
 pub use error::Error;
 pub use processor::{Ingest, IngestStats};
 pub use state::TillGaps;

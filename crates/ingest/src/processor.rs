@@ -20,7 +20,7 @@ use crate::state::{
 };
 
 /// Layout version of the ingest state; a store of another layout is rebuilt.
-const STATE_FORMAT: &str = "ingest-v1";
+const STATE_FORMAT: &str = "ingest-v2";
 /// Most bytes of an oversized payload kept in its dead letter (brokers cap record size).
 const OVERSIZED_KEEP_BYTES: usize = 64 * 1024;
 
@@ -71,6 +71,9 @@ pub struct Ingest {
     staged_tills: BTreeMap<String, (TillGaps, i32)>,
     /// The dedup index's writes of the batch in flight, once computed.
     staged_dedup: Option<Staged>,
+    /// The staged sessions and tills encoded once for the changelog, reused by the commit that
+    /// follows it (no record is processed in between).
+    encoded: Option<(sled::Batch, sled::Batch)>,
     /// The input partition of the record being handled.
     partition: i32,
     /// The changelog's restore side, when the state is mirrored to a changelog topic.
@@ -98,7 +101,7 @@ impl Ingest {
     /// Opens the stage's state under `state_dir`.
     pub fn open(state_dir: &Path, topics: Topics, cfg: IngestConfig) -> Result<Self, Error> {
         let store = StateStore::open(&state_dir.join("ingest"), STATE_FORMAT)?;
-        let dedup = DedupIndex::new(store.tree("dedup")?, store.tree("dedup_expiry")?);
+        let dedup = DedupIndex::open(store.tree("dedup_expiry")?)?;
         let meta = store.tree("meta")?;
         let watermark_ms = meta
             .get(WATERMARK_KEY)
@@ -130,6 +133,7 @@ impl Ingest {
             staged_sessions: BTreeMap::new(),
             staged_tills: BTreeMap::new(),
             staged_dedup: None,
+            encoded: None,
             partition: 0,
             restore: None,
             staged_checkpoints: BTreeMap::new(),
@@ -153,16 +157,14 @@ impl Ingest {
     /// written there ([`Processor::changelog`]), and a partition the state holds nothing of is
     /// restored from there ([`Processor::restorer`]).
     pub fn with_changelog(mut self, topic: &str) -> Result<Self, Error> {
-        let (dedup, expiry) = self.dedup.trees();
         self.restore = Some(Arc::new(IngestRestore {
             topic: topic.to_owned(),
             db: self.store.db().clone(),
-            dedup: dedup.clone(),
-            expiry: expiry.clone(),
+            dedup: self.dedup.index(),
+            expiry: self.dedup.tree().clone(),
             sessions: self.sessions.clone(),
             tills: self.tills.clone(),
             meta: self.meta.clone(),
-            dedup_count: self.dedup.counter(),
             restored: Default::default(),
             positions: Default::default(),
         }));
@@ -448,6 +450,8 @@ impl Processor for Ingest {
     }
 
     fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Error> {
+        // Staged entries may change now: what the changelog encoded no longer holds.
+        self.encoded = None;
         self.reload_if_restored()?;
         let mut out = Vec::with_capacity(batch.len() * 2);
         for rec in batch {
@@ -508,12 +512,18 @@ impl Processor for Ingest {
                 }
             }
         }
+        let (mut sessions, mut tills) = (sled::Batch::default(), sled::Batch::default());
         for (k, (v, partition)) in &self.staged_sessions {
-            changes.session(*partition, k, &json(v)?);
+            let bytes = json(v)?;
+            changes.session(*partition, k, &bytes);
+            sessions.insert(k.as_bytes(), bytes);
         }
         for (k, (v, partition)) in &self.staged_tills {
-            changes.till(*partition, k, &json(v)?);
+            let bytes = json(v)?;
+            changes.till(*partition, k, &bytes);
+            tills.insert(k.as_bytes(), bytes);
         }
+        self.encoded = Some((sessions, tills));
         for ((topic, partition), next) in &self.staged_offsets {
             changes.position(topic, *partition, *next, self.watermark_ms);
         }
@@ -546,14 +556,21 @@ impl Processor for Ingest {
             .staged_dedup
             .take()
             .ok_or_else(|| Error::State("dedup writes not staged".into()))?;
-        let mut sessions = sled::Batch::default();
-        for (k, (v, _)) in std::mem::take(&mut self.staged_sessions) {
-            sessions.insert(k.as_bytes(), json(&v)?);
-        }
-        let mut tills = sled::Batch::default();
-        for (k, (v, _)) in std::mem::take(&mut self.staged_tills) {
-            tills.insert(k.as_bytes(), json(&v)?);
-        }
+        let staged_sessions = std::mem::take(&mut self.staged_sessions);
+        let staged_tills = std::mem::take(&mut self.staged_tills);
+        let (sessions, tills) = match self.encoded.take() {
+            Some(encoded) => encoded,
+            None => {
+                let (mut sessions, mut tills) = (sled::Batch::default(), sled::Batch::default());
+                for (k, (v, _)) in staged_sessions {
+                    sessions.insert(k.as_bytes(), json(&v)?);
+                }
+                for (k, (v, _)) in staged_tills {
+                    tills.insert(k.as_bytes(), json(&v)?);
+                }
+                (sessions, tills)
+            }
+        };
         let mut meta = sled::Batch::default();
         if let Some(w) = self.watermark_ms {
             meta.insert(WATERMARK_KEY, &w.to_be_bytes());
@@ -571,16 +588,8 @@ impl Processor for Ingest {
         // One transaction over every tree: a crash leaves all of the batch's state or none of
         // it (dedup entries without their session entries would drop the replays that could
         // heal the index).
-        let (dedup_tree, expiry_tree) = self.dedup.trees();
-        (
-            dedup_tree,
-            expiry_tree,
-            &self.sessions,
-            &self.tills,
-            &self.meta,
-        )
-            .transaction(|(d, e, s, t, m)| {
-                d.apply_batch(&dedup.entries)?;
+        (self.dedup.tree(), &self.sessions, &self.tills, &self.meta)
+            .transaction(|(e, s, t, m)| {
                 e.apply_batch(&dedup.expiry)?;
                 s.apply_batch(&sessions)?;
                 t.apply_batch(&tills)?;

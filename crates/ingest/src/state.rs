@@ -10,7 +10,7 @@
 //! bounded by the dedup window like the local index.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use tillbridge_core::log::{OutRecord, Record, StateRestore};
 use tillbridge_core::store::{parse_position_key, position_key};
 use uuid::Uuid;
 
-use crate::dedup::{entry_ms, entry_value, expiry_key};
+use crate::dedup::{entry_value, expiry_key, expiry_value, held, parse_entry_value, Index};
 use crate::route::SessionInfo;
 
 /// Most missing sequence numbers remembered per till.
@@ -203,12 +203,12 @@ impl Changes<'_> {
 pub(crate) struct IngestRestore {
     pub(crate) topic: String,
     pub(crate) db: sled::Db,
-    pub(crate) dedup: sled::Tree,
+    /// The dedup index in memory, and its tree.
+    pub(crate) dedup: Index,
     pub(crate) expiry: sled::Tree,
     pub(crate) sessions: sled::Tree,
     pub(crate) tills: sled::Tree,
     pub(crate) meta: sled::Tree,
-    pub(crate) dedup_count: Arc<AtomicUsize>,
     /// Set once a restore finished, so the processor reloads what it keeps in memory.
     pub(crate) restored: Arc<AtomicBool>,
     /// Input positions read so far, written by `finish`.
@@ -260,31 +260,24 @@ impl StateRestore for IngestRestore {
             };
             match (tag, r.payload.as_deref()) {
                 (TAG_DEDUP, Some(v)) => {
-                    let (Ok(id), Some(ms)) = (Uuid::from_slice(key), entry_ms(v)) else {
+                    let (Ok(id), Some((hash, ms))) = (Uuid::from_slice(key), parse_entry_value(v))
+                    else {
                         continue;
                     };
                     // An id accepted with another content first keeps it.
-                    let added = self
-                        .dedup
-                        .compare_and_swap(key, None as Option<&[u8]>, Some(&v[..40]))
-                        .map_err(storage)?
-                        .is_ok();
-                    if added {
-                        self.dedup_count.fetch_add(1, Ordering::Relaxed);
+                    if let dashmap::Entry::Vacant(slot) = self.dedup.entry(id) {
                         self.expiry
-                            .insert(expiry_key(ms, &id), &partition.to_be_bytes())
+                            .insert(expiry_key(ms, &id), expiry_value(partition, &hash))
                             .map_err(storage)?;
+                        slot.insert(held(&hash, ms));
                     }
                 }
                 (TAG_DEDUP, None) => {
                     let Ok(id) = Uuid::from_slice(key) else {
                         continue;
                     };
-                    if let Some(old) = self.dedup.remove(key).map_err(storage)? {
-                        self.dedup_count.fetch_sub(1, Ordering::Relaxed);
-                        if let Some(ms) = entry_ms(&old) {
-                            self.expiry.remove(expiry_key(ms, &id)).map_err(storage)?;
-                        }
+                    if let Some((_, (_, ms))) = self.dedup.remove(&id) {
+                        self.expiry.remove(expiry_key(ms, &id)).map_err(storage)?;
                     }
                 }
                 (TAG_SESSION, Some(v)) => merged(&self.sessions, key, v, SessionEntry::merge)?,
