@@ -338,6 +338,32 @@ pub fn read_all(broker: &str, topic: &str) -> Vec<Got> {
     got
 }
 
+/// The event id of every record of a topic of `TillEvent`s (`promo.sessions`) up to its end,
+/// one per record (an id sent twice is there twice), with each record's payload.
+pub fn events_on(broker: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
+    use prost::Message as _;
+    read_all(broker, topic)
+        .into_iter()
+        .map(|g| {
+            let ev = tillbridge_proto::pb::TillEvent::decode(g.payload.as_slice())
+                .expect("a TillEvent on the topic");
+            (ev.event_id, g.payload)
+        })
+        .collect()
+}
+
+/// Each event id on a topic of `TillEvent`s with the distinct contents it was sent with.
+pub fn contents_by_id(
+    broker: &str,
+    topic: &str,
+) -> BTreeMap<String, std::collections::BTreeSet<Vec<u8>>> {
+    let mut contents: BTreeMap<String, std::collections::BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for (id, payload) in events_on(broker, topic) {
+        contents.entry(id).or_default().insert(payload);
+    }
+    contents
+}
+
 /// The low and high watermark of every partition of `topic`.
 pub fn high_watermarks(broker: &str, topic: &str) -> BTreeMap<i32, (i64, i64)> {
     let consumer = reader(broker);

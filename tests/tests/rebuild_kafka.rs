@@ -90,11 +90,7 @@ async fn a_new_state_killed_half_way_through_its_replay_still_reads_every_partit
         "every conflicting resend refused: the rebuilt state knows every partition"
     );
     // And none of them went out as a session.
-    let mut contents: BTreeMap<String, std::collections::BTreeSet<Vec<u8>>> = BTreeMap::new();
-    for g in kit::read_all(&broker, &config.topics.sessions) {
-        let ev = pb::TillEvent::decode(g.payload.as_slice()).unwrap();
-        contents.entry(ev.event_id).or_default().insert(g.payload);
-    }
+    let contents = kit::contents_by_id(&broker, &config.topics.sessions);
     assert_eq!(contents.len(), n);
     assert!(
         contents.values().all(|c| c.len() == 1),

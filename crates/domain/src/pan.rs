@@ -189,6 +189,20 @@ fn classify(bytes: &[u8]) -> Vec<(usize, usize, Class)> {
     out
 }
 
+/// How many characters of `bytes` are digits (as [`classify`] counts them).
+fn digit_count(bytes: &[u8]) -> usize {
+    bytes
+        .utf8_chunks()
+        .map(|chunk| {
+            chunk
+                .valid()
+                .chars()
+                .filter(|c| digit_value(*c).is_some())
+                .count()
+        })
+        .sum()
+}
+
 /// A maximal run of digits: its byte range and values.
 struct Group {
     start: usize,
@@ -234,6 +248,11 @@ fn groups(bytes: &[u8]) -> Vec<Group> {
 
 /// Byte ranges (start, end exclusive) of every PAN in `bytes`.
 pub fn find(bytes: &[u8]) -> Vec<(usize, usize)> {
+    // Most values (ids, codes, SKUs) hold fewer digits than the shortest PAN: answered without
+    // allocating.
+    if digit_count(bytes) < *PAN_DIGITS.start() {
+        return Vec::new();
+    }
     let uuids = uuid_spans(bytes);
     let groups = groups(bytes);
     let mut found: Vec<(usize, usize)> = Vec::new();

@@ -66,54 +66,58 @@ fn overflow(field: &str) -> Rejection {
 /// Names the first string field of `e` (other than the event id, a validated UUID) that holds a
 /// card number.
 pub(crate) fn card_field(e: &pb::TillEvent) -> Option<String> {
-    let mut fields: Vec<(String, &str)> = vec![
-        ("store_id".into(), &e.store_id),
-        ("till_id".into(), &e.till_id),
-        ("session_id".into(), &e.session_id),
-        ("currency".into(), &e.currency),
+    // (field, index of its repeated element, value); the name is only written for a finding.
+    let mut fields: Vec<(&str, Option<usize>, &str)> = vec![
+        ("store_id", None, &e.store_id),
+        ("till_id", None, &e.till_id),
+        ("session_id", None, &e.session_id),
+        ("currency", None, &e.currency),
     ];
     if let Some(c) = &e.cashier_id {
-        fields.push(("cashier_id".into(), c));
+        fields.push(("cashier_id", None, c));
     }
     if let Some(p) = &e.profile_id {
-        fields.push(("profile_id".into(), p));
+        fields.push(("profile_id", None, p));
     }
     match &e.body {
         Some(pb::till_event::Body::Sale(s)) => {
             for (i, l) in s.lines.iter().enumerate() {
-                fields.push((format!("sale.lines[{i}].sku"), &l.sku));
+                fields.push(("sale.lines[].sku", Some(i), &l.sku));
             }
             for (i, c) in s.coupons.iter().enumerate() {
-                fields.push((format!("sale.coupons[{i}].code"), &c.code));
+                fields.push(("sale.coupons[].code", Some(i), &c.code));
                 if let Some(id) = &c.campaign_id {
-                    fields.push((format!("sale.coupons[{i}].campaign_id"), id));
+                    fields.push(("sale.coupons[].campaign_id", Some(i), id));
                 }
             }
             if let Some(l) = &s.loyalty {
-                fields.push(("sale.loyalty.program_id".into(), &l.program_id));
+                fields.push(("sale.loyalty.program_id", None, &l.program_id));
             }
         }
         Some(pb::till_event::Body::Return(r)) => {
-            fields.push(("return.original_session_id".into(), &r.original_session_id));
+            fields.push(("return.original_session_id", None, &r.original_session_id));
             for (i, l) in r.lines.iter().enumerate() {
-                fields.push((format!("return.lines[{i}].sku"), &l.sku));
+                fields.push(("return.lines[].sku", Some(i), &l.sku));
             }
         }
         Some(pb::till_event::Body::SessionCancelled(c)) => {
-            fields.push(("session_cancelled.reason".into(), &c.reason));
+            fields.push(("session_cancelled.reason", None, &c.reason));
         }
         Some(pb::till_event::Body::ManualOverride(o)) => {
-            fields.push(("manual_override.reason".into(), &o.reason));
+            fields.push(("manual_override.reason", None, &o.reason));
             if let Some(a) = &o.approved_by {
-                fields.push(("manual_override.approved_by".into(), a));
+                fields.push(("manual_override.approved_by", None, a));
             }
         }
         Some(pb::till_event::Body::TillStatus(_)) | None => {}
     }
     fields
         .into_iter()
-        .find(|(_, v)| pan::contains(v))
-        .map(|(name, _)| name)
+        .find(|(_, _, v)| pan::contains(v))
+        .map(|(name, i, _)| match i {
+            Some(i) => name.replacen("[]", &format!("[{i}]"), 1),
+            None => name.to_owned(),
+        })
 }
 
 /// Checks a till event against the contract. Card data is checked first, so an event that
