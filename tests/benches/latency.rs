@@ -89,14 +89,7 @@ async fn main() {
     let rate = env_or("LATENCY_RATE", 5_000);
     let seconds = env_or("LATENCY_SECONDS", 60);
     let dir = tempfile::tempdir().unwrap();
-    let own;
-    let broker = match std::env::var("TILLBRIDGE_TEST_KAFKA") {
-        Ok(b) if !b.is_empty() => b,
-        _ => {
-            own = OwnBroker::start(&dir.path().join("broker"));
-            own.address.clone()
-        }
-    };
+    let (broker, _own) = OwnBroker::for_bench(dir.path());
     println!("latency bench: {rate} events/s for {seconds} s, broker {broker}");
     let config = kit::config(&broker, &dir.path().join("state")).await;
     let warm_up = 200usize;

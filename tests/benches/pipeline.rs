@@ -297,14 +297,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let own;
-    let broker = match std::env::var("TILLBRIDGE_TEST_KAFKA") {
-        Ok(b) if !b.is_empty() => b,
-        _ => {
-            own = OwnBroker::start(&dir.path().join("broker"));
-            own.address.clone()
-        }
-    };
+    let (broker, _own) = OwnBroker::for_bench(dir.path());
     println!("pipeline bench: {n} events, broker {broker}");
     // The binary, built before any clock starts.
     let _ = kit::process::bin();

@@ -243,6 +243,18 @@ impl OwnBroker {
         }
     }
 
+    /// The broker a bench runs against: the one in `TILLBRIDGE_TEST_KAFKA`, else one of its
+    /// own in `dir` (returned too, so it lives as long as the bench).
+    pub fn for_bench(dir: &Path) -> (String, Option<OwnBroker>) {
+        match std::env::var("TILLBRIDGE_TEST_KAFKA") {
+            Ok(b) if !b.is_empty() => (b, None),
+            _ => {
+                let own = OwnBroker::start(&dir.join("broker"));
+                (own.address.clone(), Some(own))
+            }
+        }
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&self) {
         broker_script("kill", &self.dir);
