@@ -15,7 +15,10 @@
 #   scripts/test-broker.sh kill [DIR]       SIGKILL, as a crash would
 #   scripts/test-broker.sh version          print the pinned Kafka version
 #
-# Environment: TILLBRIDGE_CACHE (default ~/.cache/tillbridge), KAFKA_HEAP_OPTS (default 1 GiB).
+# Environment: TILLBRIDGE_CACHE (default ~/.cache/tillbridge), KAFKA_HEAP_OPTS (default 1 GiB),
+# TILLBRIDGE_BROKER_EXTRA: a file of broker properties appended to server.properties when a new DIR
+# is set up (a key given again overrides the one above; @PORT@ and @CONTROLLER_PORT@ are replaced
+# by the broker's ports), for a test's own broker with TLS or SASL listeners besides PLAINTEXT.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -102,6 +105,11 @@ logger.server.level = info
 logger.raftserver.name = kafka.server.KafkaRaftServer
 logger.raftserver.level = info
 EOF
+  if [ -n "${TILLBRIDGE_BROKER_EXTRA:-}" ]; then
+    { echo "# From $TILLBRIDGE_BROKER_EXTRA (TILLBRIDGE_BROKER_EXTRA)."
+      sed -e "s/@PORT@/$port/g" -e "s/@CONTROLLER_PORT@/$cport/g" "$TILLBRIDGE_BROKER_EXTRA"
+    } >>"$dir/server.properties"
+  fi
   echo "$port" >"$dir/port"
 }
 

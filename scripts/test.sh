@@ -14,6 +14,16 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "no chromium and no root to install it: the browser test will be skipped"
   fi
 fi
+# The TLS and SASL tests make their certificates with the openssl command.
+if ! command -v openssl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing openssl for the TLS tests"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  else
+    echo "no openssl and no root to install it: the TLS tests will fail" >&2
+  fi
+fi
 trap 'scripts/test-broker.sh stop "$dir"' EXIT
 # A broker left over from an interrupted run is stopped; every run starts from an empty log.
 scripts/test-broker.sh stop "$dir"

@@ -2,7 +2,10 @@
 //! a second for 60 s by default) to a topic that `tillbridge run` (every stage) consumes, and a
 //! plain consumer follows `promo.sessions`. For each event, the time from the producer's send
 //! call to the arrival of its session record is measured; the bench prints p50, p99, p99.9 and
-//! the maximum, and how many events never arrived. Prints figures; asserts nothing.
+//! the maximum, and how many events never arrived. Once a second it also plants an
+//! over-redemption (two sales at two tills redeeming a coupon whose definition allows one) and
+//! measures the time from the second sale's send to the compensation on
+//! `tillbridge.compensations`. Prints figures; asserts nothing.
 //!
 //! ```sh
 //! cargo bench -p tillbridge-tests --bench latency                         # 5,000/s for 60 s
@@ -34,13 +37,25 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Follows `topic` from its beginning on a thread of its own, noting when each event id first
-/// arrived, until `stop` is set.
+/// The event id of a session record.
+fn event_id(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
+    let ev = tillbridge_proto::pb::TillEvent::decode(m.payload()?).ok()?;
+    Some(ev.event_id)
+}
+
+/// The key of a compensation (the coupon code).
+fn record_key(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
+    Some(String::from_utf8_lossy(m.key()?).into_owned())
+}
+
+/// Follows `topic` from its beginning on a thread of its own, noting when each record (named by
+/// `name`) first arrived, until `stop` is set.
 fn follow(
     broker: &str,
     topic: &str,
     arrived: Arc<Mutex<HashMap<String, Instant>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    name: fn(&rdkafka::message::BorrowedMessage<'_>) -> Option<String>,
 ) -> std::thread::JoinHandle<()> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)
@@ -61,14 +76,24 @@ fn follow(
                 continue;
             };
             let now = Instant::now();
-            if let Some(ev) = m
-                .payload()
-                .and_then(|p| tillbridge_proto::pb::TillEvent::decode(p).ok())
-            {
-                arrived.lock().unwrap().entry(ev.event_id).or_insert(now);
+            if let Some(id) = name(&m) {
+                arrived.lock().unwrap().entry(id).or_insert(now);
             }
         }
     })
+}
+
+/// Queues `record`, serving the producer's events while its queue is full.
+fn send_record(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                producer.poll(Duration::from_millis(1));
+                record = back;
+            }
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -103,6 +128,37 @@ async fn main() {
         &config.topics.sessions,
         arrived.clone(),
         stop.clone(),
+        event_id,
+    );
+    // One coupon a second to over-redeem, defined by the promotion core before the run: one
+    // redemption allowed.
+    let codes: Vec<String> = (0..seconds).map(|k| format!("PLANT-{k}")).collect();
+    let definitions: Vec<(String, Vec<u8>, Option<&str>)> = codes
+        .iter()
+        .map(|code| {
+            let def = tillbridge_proto::pb::CouponDefinition {
+                code: code.clone(),
+                campaign_id: "bench".into(),
+                usage_limit: 1,
+                offline_allowed: true,
+                ..Default::default()
+            };
+            (code.clone(), def.encode_to_vec(), None)
+        })
+        .collect();
+    kit::produce(
+        &kit::producer(&broker),
+        &config.topics.coupons,
+        &definitions,
+    )
+    .await;
+    let compensated = Arc::new(Mutex::new(HashMap::new()));
+    let comp_follower = follow(
+        &broker,
+        &config.topics.compensations,
+        compensated.clone(),
+        stop.clone(),
+        record_key,
     );
     let mut instance = Instance::new(
         &config,
@@ -129,16 +185,7 @@ async fn main() {
                 value: Some(ct.as_bytes()),
             }));
         }
-        let mut record = record;
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(1));
-                    record = back;
-                }
-            }
-        }
+        send_record(&producer, record);
     };
 
     // Warm-up: the first events wait for the instance to start and join its groups.
@@ -166,8 +213,31 @@ async fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    // The steady rate: about every millisecond, the events due by then.
+    // An over-redemption: two sales at two tills of one store redeem `code`, the second a
+    // millisecond later in event time; returns when the second was sent.
+    let plant = |k: usize| -> Instant {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut second = Instant::now();
+        for (i, till) in ["P1", "P2"].into_iter().enumerate() {
+            let sale = kit::events::Sale::new(uuid::Uuid::new_v4(), "PLANTED", till, k as u64 + 1)
+                .at_ms(now + i as i64)
+                .session(format!("PLANT-{k}-{till}"))
+                .coupon(&codes[k], 100);
+            let payload = sale.proto().encode_to_vec();
+            let key = sale.key();
+            let record = BaseRecord::to(&config.topics.till_events)
+                .key(key.as_bytes())
+                .payload(payload.as_slice());
+            second = Instant::now();
+            send_record(&producer, record);
+        }
+        second
+    };
+
+    // The steady rate: about every millisecond, the events due by then; at each second, one
+    // planted over-redemption.
     let mut sent_at = Vec::with_capacity(n);
+    let mut planted_at = Vec::with_capacity(codes.len());
     let start = Instant::now();
     let mut next = 0usize;
     while next < n {
@@ -176,6 +246,10 @@ async fn main() {
             sent_at.push(Instant::now());
             send(warm_up + next);
             next += 1;
+        }
+        let second = start.elapsed().as_secs() as usize;
+        if planted_at.len() <= second && planted_at.len() < codes.len() {
+            planted_at.push(plant(planted_at.len()));
         }
         producer.poll(Duration::ZERO);
         std::thread::sleep(Duration::from_millis(1));
@@ -197,6 +271,12 @@ async fn main() {
                 .iter()
                 .filter(|e| !a.contains_key(&e.event_id))
                 .count()
+        } + {
+            let c = compensated.lock().unwrap();
+            codes[..planted_at.len()]
+                .iter()
+                .filter(|code| !c.contains_key(*code))
+                .count()
         };
         if missing == 0 || Instant::now() > deadline {
             break;
@@ -206,6 +286,7 @@ async fn main() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     follower.join().unwrap();
+    comp_follower.join().unwrap();
     instance.stop();
 
     let a = arrived.lock().unwrap();
@@ -226,5 +307,21 @@ async fn main() {
         ms(percentile(&latencies, 0.999)),
         ms(latencies.last().copied().unwrap_or_default()),
         n - latencies.len()
+    );
+    let c = compensated.lock().unwrap();
+    let mut to_compensation: Vec<Duration> = codes
+        .iter()
+        .zip(&planted_at)
+        .filter_map(|(code, at)| c.get(code).map(|got| got.saturating_duration_since(*at)))
+        .collect();
+    to_compensation.sort();
+    println!(
+        "send to the compensation of a planted over-redemption, {} of {}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} never arrived",
+        to_compensation.len(),
+        planted_at.len(),
+        ms(percentile(&to_compensation, 0.50)),
+        ms(percentile(&to_compensation, 0.99)),
+        ms(to_compensation.last().copied().unwrap_or_default()),
+        planted_at.len() - to_compensation.len()
     );
 }

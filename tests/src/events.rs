@@ -198,6 +198,19 @@ pub struct Sent {
     pub content_type: Option<&'static str>,
 }
 
+/// A conflicting resend of `event` (sent as `sent`): the same id under the same key with other
+/// content (its `till_seq` a million further), as protobuf, as a till that reused an id would
+/// send it. Ingest must refuse it (`DUPLICATE_CONFLICT`).
+pub fn conflicting(event: &pb::TillEvent, sent: &Sent) -> Sent {
+    let mut e = event.clone();
+    e.till_seq += 1_000_000;
+    Sent {
+        key: sent.key.clone(),
+        payload: prost::Message::encode_to_vec(&e),
+        content_type: None,
+    }
+}
+
 /// `n` distinct valid events over `tills` tills (half JSON, half protobuf) and their ids.
 pub fn good_events(n: usize, tills: usize, seed: u64) -> (Vec<Sent>, Vec<pb::TillEvent>) {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);

@@ -75,20 +75,10 @@ async fn a_wiped_instance_restores_from_the_changelog_and_sends_nothing_twice() 
     let mut want = 0;
     for (i, (e, s)) in events.iter().zip(&sent).enumerate() {
         match i % 10 {
-            0 => resends.push(kit::events::Sent {
-                key: s.key.clone(),
-                payload: s.payload.clone(),
-                content_type: s.content_type,
-            }),
+            0 => resends.push(s.clone()),
             5 => {
-                let mut e = e.clone();
-                e.till_seq += 1_000_000;
                 want += 1;
-                resends.push(kit::events::Sent {
-                    key: s.key.clone(),
-                    payload: e.encode_to_vec(),
-                    content_type: None,
-                });
+                resends.push(kit::events::conflicting(e, s));
             }
             _ => {}
         }
@@ -187,15 +177,7 @@ async fn a_partition_that_comes_back_is_brought_up_to_date_from_the_changelog() 
     let conflicting: Vec<kit::events::Sent> = events
         .iter()
         .zip(&second)
-        .map(|(e, s)| {
-            let mut e = e.clone();
-            e.till_seq += 1_000_000;
-            kit::events::Sent {
-                key: s.key.clone(),
-                payload: e.encode_to_vec(),
-                content_type: None,
-            }
-        })
+        .map(|(e, s)| kit::events::conflicting(e, s))
         .collect();
     kit::produce_sent(&producer, &topic, &conflicting).await;
     kit::await_condition(

@@ -145,7 +145,8 @@ async fn demo_is_deterministic_and_finds_what_was_planted() {
     }
 }
 
-/// The HTML report in headless Chromium: it renders, shows the cases, and loads nothing.
+/// The HTML report in headless Chromium: it renders, shows the cases, the compensating actions
+/// and the alerts, sorts and filters the cases with its own script, and loads nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn html_report_renders_in_a_headless_browser() {
     let chromium = ["chromium", "chromium-browser", "google-chrome"]
@@ -215,7 +216,178 @@ async fn html_report_renders_in_a_headless_browser() {
     if let Ok(keep) = std::env::var("KEEP_REPORT_SCREENSHOT") {
         std::fs::copy(&shot, keep).unwrap();
     }
+
+    // The page's own script, driven in the browser: a copy of the page with the probe below as
+    // the first script of its head clicks headers, types in the filter box, watches for any
+    // load, and writes what it saw into the DOM, which Chromium dumps.
+    let page = String::from_utf8(read(&html)).unwrap();
+    for section in [
+        "id=\"compensations\"",
+        "id=\"alerts\"",
+        "id=\"cases-table\"",
+    ] {
+        assert!(page.contains(section), "the page has {section}");
+    }
+    assert!(page.contains("<head>"));
+    let probed = dir.path().join("report-probed.html");
+    std::fs::write(
+        &probed,
+        page.replacen("<head>", &format!("<head><script>{PROBE}</script>"), 1),
+    )
+    .unwrap();
+    let out = Command::new(chromium)
+        .args(common)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--virtual-time-budget=10000")
+        .arg("--dump-dom")
+        .arg(format!("file://{}", probed.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let json = dom
+        .split_once("<pre id=\"probe-result\">")
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(j, _)| {
+            j.replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&")
+        })
+        .unwrap_or_else(|| panic!("the probe wrote no result: {dom}"));
+    let p: serde_json::Value = serde_json::from_str(&json).unwrap();
+    eprintln!("probe: {p}");
+    let list = |k: &str| p[k].as_array().cloned().unwrap_or_default();
+    let nums = |k: &str| -> Vec<i64> { list(k).iter().filter_map(|v| v.as_i64()).collect() };
+    let texts = |k: &str| -> Vec<String> {
+        list(k)
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(list("errors").is_empty(), "the probe failed: {p}");
+
+    // Compensating actions and alerts, with rows.
+    assert!(p["compensation_rows"].as_u64().unwrap() > 0, "{p}");
+    assert!(p["alert_rows"].as_u64().unwrap() > 0, "{p}");
+    let rules = texts("alert_rules");
+    for rule in ["SEQUENCE_GAP", "COUPON_VELOCITY", "CLOCK_DRIFT"] {
+        assert!(rules.iter().any(|r| r == rule), "{rule} in {rules:?}");
+    }
+
+    // Sorting: the cases come by exposure, descending; one click on the header sorts them
+    // ascending, a second one descending again; a text column sorts as text.
+    let before = nums("exposure_before");
+    let (once, twice) = (nums("exposure_click1"), nums("exposure_click2"));
+    assert!(before.len() > 2, "{p}");
+    assert!(once.windows(2).all(|w| w[0] <= w[1]), "ascending: {once:?}");
+    assert!(
+        twice.windows(2).all(|w| w[0] >= w[1]),
+        "descending: {twice:?}"
+    );
+    assert_ne!(once, before, "the click changed the order");
+    let kinds = texts("kind_click1");
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    assert_eq!(kinds, sorted, "sorted by kind");
+
+    // Filtering hides the cases (and their details) that do not match, and brings them back.
+    let shown = texts("filter_visible");
+    assert!(!shown.is_empty(), "{p}");
+    assert!(
+        shown.iter().all(|r| r.contains("POINTS_DEFICIT")),
+        "{shown:?}"
+    );
+    assert!(p["filter_hidden"].as_u64().unwrap() > 0, "{p}");
+    assert_eq!(p["sections_visible"].as_u64(), Some(shown.len() as u64));
+    assert_eq!(p["after_clear_visible"].as_u64(), Some(before.len() as u64));
+
+    // No network: nothing loaded, nothing blocked by the page's policy, nothing referenced.
+    assert!(list("resources").is_empty(), "loads: {p}");
+    assert!(list("csp").is_empty(), "blocked loads: {p}");
+    assert!(list("external_refs").is_empty(), "references: {p}");
 }
+
+/// Injected into a copy of the HTML report by the browser test: drives the page's own script
+/// and records every load the page attempts (Resource Timing, Content-Security-Policy
+/// violations, `src`/`href` attributes that leave the page).
+const PROBE: &str = r##"(function () {
+  var seen = { csp: [], resources: [] };
+  document.addEventListener("securitypolicyviolation", function (e) {
+    seen.csp.push(e.violatedDirective + " " + e.blockedURI);
+  });
+  if (window.PerformanceObserver) {
+    new PerformanceObserver(function (list) {
+      list.getEntries().forEach(function (e) { seen.resources.push(e.name); });
+    }).observe({ type: "resource", buffered: true });
+  }
+  function column(table, i) {
+    return Array.prototype.map.call(table.tBodies[0].rows, function (r) {
+      var c = r.cells[i];
+      var v = c.getAttribute("data-sort");
+      return v !== null ? v : c.textContent.trim();
+    });
+  }
+  function headerIndex(table, name) {
+    var cells = table.tHead.rows[0].cells;
+    for (var i = 0; i < cells.length; i++) {
+      if (cells[i].textContent.trim() === name) { return i; }
+    }
+    return -1;
+  }
+  function visible(el) { return !el.hidden && el.getClientRects().length > 0; }
+  window.addEventListener("load", function () {
+    var out = { errors: [] };
+    try {
+      var cases = document.getElementById("cases-table");
+      var comp = document.getElementById("compensations-table");
+      var alerts = document.getElementById("alerts-table");
+      out.compensation_rows = comp ? comp.tBodies[0].rows.length : 0;
+      out.retraction_rows = comp ? comp.querySelectorAll("tr.retract").length : 0;
+      out.alert_rows = alerts ? alerts.tBodies[0].rows.length : 0;
+      out.alert_rules = alerts ? column(alerts, headerIndex(alerts, "Rule")) : [];
+      var ex = headerIndex(cases, "Exposure"), kind = headerIndex(cases, "Kind");
+      out.exposure_before = column(cases, ex).map(Number);
+      cases.tHead.rows[0].cells[ex].click();
+      out.exposure_click1 = column(cases, ex).map(Number);
+      cases.tHead.rows[0].cells[ex].click();
+      out.exposure_click2 = column(cases, ex).map(Number);
+      cases.tHead.rows[0].cells[kind].click();
+      out.kind_click1 = column(cases, kind);
+      var input = document.querySelector("input[data-filter='cases-table']");
+      input.value = "points_deficit";
+      input.dispatchEvent(new Event("input", { bubbles: true }));
+      var rows = Array.prototype.slice.call(cases.tBodies[0].rows);
+      out.filter_visible = rows.filter(visible).map(function (r) { return r.textContent; });
+      out.filter_hidden = rows.filter(function (r) { return !visible(r); }).length;
+      out.sections_visible = Array.prototype.filter.call(
+        document.querySelectorAll("section.case"), visible).length;
+      input.value = "";
+      input.dispatchEvent(new Event("input", { bubbles: true }));
+      out.after_clear_visible = rows.filter(visible).length;
+      out.external_refs = Array.prototype.filter.call(
+        document.querySelectorAll("[src],[href],[action],[data],[poster]"),
+        function (el) {
+          var v = el.getAttribute("src") || el.getAttribute("href") || el.getAttribute("action") ||
+            el.getAttribute("data") || el.getAttribute("poster") || "";
+          return v.charAt(0) !== "#";
+        }).map(function (el) { return el.outerHTML.slice(0, 120); });
+    } catch (e) {
+      out.errors.push(String(e));
+    }
+    setTimeout(function () {
+      out.csp = seen.csp;
+      out.resources = seen.resources.concat(performance.getEntriesByType("resource").map(function (e) { return e.name; }));
+      var pre = document.createElement("pre");
+      pre.id = "probe-result";
+      pre.textContent = JSON.stringify(out);
+      document.body.appendChild(pre);
+    }, 100);
+  });
+})();"##;
 
 /// Every sled directory (state of each stage, the embedded log) under `dir`.
 #[cfg(unix)]

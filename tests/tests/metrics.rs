@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_after_a_run_shows_the_ingest_counters() {
     let shutdown = CancellationToken::new();
-    let addr = tillbridge::serve_metrics("127.0.0.1:0".parse().unwrap(), shutdown.clone())
+    let addr = tillbridge::serve_metrics("127.0.0.1:0".parse().unwrap(), None, shutdown.clone())
         .await
         .unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -56,7 +56,7 @@ async fn request(addr: std::net::SocketAddr, head: &str) -> String {
 #[tokio::test]
 async fn other_paths_and_methods_are_refused_and_idle_connections_do_not_block_a_scrape() {
     let shutdown = CancellationToken::new();
-    let addr = tillbridge::serve_metrics("127.0.0.1:0".parse().unwrap(), shutdown.clone())
+    let addr = tillbridge::serve_metrics("127.0.0.1:0".parse().unwrap(), None, shutdown.clone())
         .await
         .unwrap();
     let close = "host: x\r\nconnection: close\r\n\r\n";

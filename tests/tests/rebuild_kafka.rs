@@ -54,15 +54,7 @@ async fn a_new_state_killed_half_way_through_its_replay_still_reads_every_partit
         .iter()
         .zip(&sent)
         .step_by(10)
-        .map(|(e, s)| {
-            let mut e = e.clone();
-            e.till_seq += 1_000_000;
-            kit::events::Sent {
-                key: s.key.clone(),
-                payload: e.encode_to_vec(),
-                content_type: None,
-            }
-        })
+        .map(|(e, s)| kit::events::conflicting(e, s))
         .collect();
     kit::produce_sent(&producer, &config.topics.till_events, &conflicting).await;
     let want = conflicting.len();

@@ -103,7 +103,10 @@ impl Topics {
 }
 
 /// A Kafka cluster.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+///
+/// Its [`Debug`] shows `<redacted>` in place of the value of every property that holds a secret
+/// ([`is_secret_property`]), so a logged configuration never shows one.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `host:port` list of brokers.
@@ -126,9 +129,127 @@ pub struct KafkaConfig {
     /// How long a produced batch may take to be acknowledged before the stage retries it.
     #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
     pub delivery_timeout: Duration,
-    /// Extra librdkafka properties, applied last (for TLS, SASL and the like).
+    /// Extra librdkafka properties, applied after tillbridge's own to every client the process
+    /// makes (stage consumers and producers, admin calls, table and changelog readers): TLS,
+    /// SASL and the like. Keep secrets out of here: use [`KafkaConfig::secrets`].
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values are secrets (`sasl.password`, `ssl.key.password`,
+    /// `ssl.key.pem`, ...), each read from an environment variable or a file when a client is
+    /// made, so the configuration file never holds them:
+    /// `"sasl.password" = { env = "KAFKA_PASSWORD" }` or
+    /// `"ssl.key.password" = { file = "/run/secrets/kafka-key-password" }`. Applied after
+    /// `properties`; a property may not be in both.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretSource>,
+}
+
+/// Where the value of a secret librdkafka property comes from: exactly one of `env` and `file`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// An environment variable of the process holding the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// A file holding the value (a mounted secret); a trailing line break is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+impl SecretSource {
+    /// The secret from an environment variable.
+    pub fn env(var: impl Into<String>) -> Self {
+        SecretSource {
+            env: Some(var.into()),
+            file: None,
+        }
+    }
+
+    /// The secret from a file.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        SecretSource {
+            env: None,
+            file: Some(path.into()),
+        }
+    }
+
+    /// Reads the value for property `key`. Errors name the key and the source, never a value.
+    fn read(&self, key: &str) -> Result<String> {
+        let value = match (&self.env, &self.file) {
+            (Some(var), None) => std::env::var(var).map_err(|e| {
+                Error::Config(format!(
+                    "kafka.secrets.{key:?}: environment variable {var} {}",
+                    match e {
+                        std::env::VarError::NotPresent => "is not set",
+                        std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
+                    }
+                ))
+            })?,
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                Error::Config(format!(
+                    "kafka.secrets.{key:?}: cannot read {}: {}",
+                    path.display(),
+                    e.kind()
+                ))
+            })?,
+            _ => {
+                return Err(Error::Config(format!(
+                    "kafka.secrets.{key:?}: give exactly one of env and file"
+                )))
+            }
+        };
+        let value = value.trim_end_matches(['\n', '\r']);
+        if value.is_empty() {
+            return Err(Error::Config(format!(
+                "kafka.secrets.{key:?}: the secret is empty"
+            )));
+        }
+        Ok(value.to_owned())
+    }
+}
+
+/// Whether the value of librdkafka property `key` may be a secret, never to be shown: a password
+/// (`sasl.password`, `ssl.key.password`, `ssl.keystore.password`, ...), anything named
+/// `secret`, a key in PEM (`ssl.key.pem`), an OAUTHBEARER configuration or token, and their
+/// likely misspellings (`sasl.pasword`): the net is wide on purpose, and also hides some values
+/// that are no secret (`ssl.key.location`).
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "pass", "pasw", "pswd", "pwd", "word", "secret", "key", "token", "cred", "jaas", "oauth",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_property(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("group_prefix", &self.group_prefix)
+            .field("instance_id", &self.instance_id)
+            .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
+            .field(
+                "queued_max_messages_kbytes",
+                &self.queued_max_messages_kbytes,
+            )
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("properties", &properties)
+            .field("secrets", &self.secrets)
+            .finish()
+    }
 }
 
 fn default_group_prefix() -> String {
@@ -155,7 +276,131 @@ impl KafkaConfig {
             queued_max_messages_kbytes: default_queued_max_kbytes(),
             delivery_timeout: default_delivery_timeout(),
             properties: BTreeMap::new(),
+            secrets: BTreeMap::new(),
         }
+    }
+
+    /// The librdkafka properties every client gets after tillbridge's own: `properties`, then
+    /// every secret read from its source (read again for each client, so a rotated file is
+    /// picked up by the next client). Errors name keys and sources, never a value.
+    pub fn client_properties(&self) -> Result<BTreeMap<String, String>> {
+        let mut all = self.properties.clone();
+        for (key, source) in &self.secrets {
+            if all.contains_key(key) {
+                return Err(Error::Config(format!(
+                    "kafka property {key:?} is in both kafka.properties and kafka.secrets"
+                )));
+            }
+            all.insert(key.clone(), source.read(key)?);
+        }
+        Ok(all)
+    }
+
+    /// The keys whose values must never be shown: every key of `secrets`, and every property
+    /// [`is_secret_property`] names.
+    pub fn is_secret_key(&self, key: &str) -> bool {
+        self.secrets.contains_key(key) || is_secret_property(key)
+    }
+
+    /// A copy to show (a `config` command's output): every secret-looking value of `properties`
+    /// is `<redacted>`. `secrets` holds only where secrets are, so it is shown as is.
+    pub fn redacted(&self) -> KafkaConfig {
+        let mut shown = self.clone();
+        for (k, v) in shown.properties.iter_mut() {
+            if is_secret_property(k) {
+                *v = "<redacted>".into();
+            }
+        }
+        shown
+    }
+}
+
+#[cfg(test)]
+mod kafka_secrets_tests {
+    use super::*;
+
+    fn kafka(toml: &str) -> std::result::Result<KafkaConfig, String> {
+        Figment::from(Toml::string(toml))
+            .extract()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn secrets_come_from_a_file_or_the_environment_and_are_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let var = format!("TB_CONFIG_TEST_{}", std::process::id());
+        let k = kafka(&format!(
+            "bootstrap_servers = \"b:9093\"\n[properties]\n\"sasl.username\" = \"u\"\n\
+             [secrets]\n\"sasl.password\" = {{ file = \"{}\" }}\n\
+             \"ssl.key.password\" = {{ env = \"{var}\" }}\n",
+            file.display()
+        ))
+        .unwrap();
+        // The variable is not set: an error naming the property and the variable only.
+        let e = k.client_properties().unwrap_err().to_string();
+        assert!(e.contains("ssl.key.password") && e.contains(&var), "{e}");
+        let mut k = k;
+        k.secrets
+            .insert("ssl.key.password".into(), SecretSource::file(&file));
+        let all = k.client_properties().unwrap();
+        assert_eq!(all["sasl.password"], "from-file");
+        assert_eq!(all["sasl.username"], "u");
+        // Both sources, neither, an unknown field: refused.
+        assert!(
+            kafka("bootstrap_servers = \"b\"\n[secrets]\n\"x\" = { env = \"A\", nope = 1 }\n")
+                .is_err()
+        );
+        k.secrets.insert(
+            "sasl.password".into(),
+            SecretSource {
+                env: Some("A".into()),
+                file: Some(file.clone()),
+            },
+        );
+        assert!(k.client_properties().is_err());
+        k.secrets
+            .insert("sasl.password".into(), SecretSource::default());
+        assert!(k.client_properties().is_err());
+        // A property in both tables, an empty or missing file: refused.
+        k.secrets
+            .insert("sasl.password".into(), SecretSource::file(&file));
+        k.properties.insert("sasl.password".into(), "x".into());
+        assert!(k.client_properties().is_err());
+        k.properties.remove("sasl.password");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(k.client_properties().is_err());
+        k.secrets.insert(
+            "sasl.password".into(),
+            SecretSource::file(dir.path().join("missing")),
+        );
+        assert!(k.client_properties().is_err());
+    }
+
+    #[test]
+    fn secret_values_are_redacted_from_debug() {
+        let mut k = KafkaConfig::new("b:9093");
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.key.pem",
+            "sasl.pasword",
+        ] {
+            k.properties.insert(key.into(), format!("hidden-{key}"));
+        }
+        k.properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        for shown in [format!("{k:?}"), format!("{:?}", k.redacted())] {
+            assert!(!shown.contains("hidden-"), "{shown}");
+            assert!(shown.contains("SASL_SSL"), "{shown}");
+        }
+        let config = Config {
+            kafka: Some(k.clone()),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("hidden-"));
+        assert_eq!(k.redacted().properties["security.protocol"], "SASL_SSL");
     }
 }
 
@@ -252,9 +497,67 @@ impl Default for FingerprintConfig {
     }
 }
 
+/// The top-level sections of the configuration file (the fields of [`Config`]).
+pub const SECTIONS: &[&str] = &[
+    "topics",
+    "kafka",
+    "embedded",
+    "state",
+    "ingest",
+    "fingerprint",
+    "reconciler",
+    "fraud_guard",
+    "router",
+    "delivery",
+];
+
+/// `TILLBRIDGE_*` variables that are the process's own and name no config key.
+const NOT_CONFIG: &[&str] = &["config", "log", "log_format", "test_kafka", "crash_at"];
+
+/// The section a `TILLBRIDGE_*` variable names (`TILLBRIDGE_KAFKA__BOOTSTRAP_SERVERS`: `kafka`),
+/// from its name without the prefix.
+fn section_of(var: &str) -> String {
+    var.split("__")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// The `TILLBRIDGE_*` environment variables that name no section of the configuration (a
+/// Kubernetes Service named tillbridge injects `TILLBRIDGE_PORT` and friends): they are ignored
+/// with a warning. A variable that names a section is configuration, and a key that section
+/// does not have is an error.
+pub fn stray_env_vars() -> Vec<String> {
+    let mut stray: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| {
+            k.strip_prefix("TILLBRIDGE_").is_some_and(|rest| {
+                let lower = rest.to_ascii_lowercase();
+                !NOT_CONFIG.contains(&lower.as_str())
+                    && !SECTIONS.contains(&section_of(rest).as_str())
+            })
+        })
+        .collect();
+    stray.sort();
+    stray
+}
+
 impl Config {
     /// Defaults, then `file` (if given), then `TILLBRIDGE_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Config> {
+        for var in stray_env_vars() {
+            tracing::warn!(%var, "ignoring an environment variable that names no config section");
+        }
+        let config: Config = Self::figment(file)?
+            .extract()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The layers [`Config::load`] extracts: defaults, `file`, then the `TILLBRIDGE_*` variables
+    /// that name a section (see [`stray_env_vars`]).
+    pub fn figment(file: Option<&Path>) -> Result<Figment> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
@@ -265,16 +568,11 @@ impl Config {
             }
             fig = fig.merge(Toml::file(file));
         }
-        // TILLBRIDGE_CONFIG, TILLBRIDGE_LOG, TILLBRIDGE_TEST_KAFKA and TILLBRIDGE_CRASH_AT name
-        // no config key.
-        fig = fig.merge(
+        Ok(fig.merge(
             Env::prefixed("TILLBRIDGE_")
-                .ignore(&["config", "log", "test_kafka", "crash_at"])
+                .filter(|k| SECTIONS.contains(&section_of(k.as_str()).as_str()))
                 .split("__"),
-        );
-        let config: Config = fig.extract().map_err(|e| Error::Config(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
+        ))
     }
 
     /// Cross-field checks.

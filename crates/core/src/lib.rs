@@ -12,6 +12,7 @@
 pub mod config;
 pub mod crash;
 mod error;
+pub mod health;
 pub mod log;
 pub mod metrics;
 pub mod stage;

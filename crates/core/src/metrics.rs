@@ -189,6 +189,15 @@ pub static HTTP_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// The build of this process: always 1, its labels say which (`tillbridge_build_info`).
+pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tillbridge_build_info",
+        "Always 1; the labels give the version, the git commit and librdkafka's version and features.",
+        &["version", "git", "librdkafka", "features"],
+    )
+});
+
 /// The registry in Prometheus text format.
 pub fn render() -> String {
     let mut buf = String::new();

@@ -152,9 +152,11 @@ where
     P: Processor,
 {
     let span = tracing::info_span!("stage", stage = name);
-    async move {
+    crate::health::starting(name);
+    let result = async move {
         let mut stats = StageStats::default();
         let mut open = Open::default();
+        let mut progress = Progress::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -179,6 +181,8 @@ where
                 }
                 Err(e) => return Err(e.into()),
             };
+            crate::health::running(name);
+            progress.note(batch.len() as u64, || source.behind());
             if batch.is_empty() {
                 // Nothing came: what is open becomes durable now, not at the next batch.
                 if !commit_open(
@@ -236,7 +240,86 @@ where
         Ok(stats)
     }
     .instrument(span)
-    .await
+    .await;
+    crate::health::stopped(name);
+    result
+}
+
+/// How often a stage that is behind says how far behind it is.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The periodic "catching up" line: records behind and the rate since the last line, logged
+/// while a stage is behind its inputs, and once when it has caught up.
+struct Progress {
+    since: std::time::Instant,
+    records: u64,
+    behind: bool,
+}
+
+/// What [`Progress::note`] says.
+#[derive(Debug, PartialEq, Eq)]
+enum Said {
+    Behind { records: u64, per_second: u64 },
+    CaughtUp { per_second: u64 },
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            since: std::time::Instant::now(),
+            records: 0,
+            behind: false,
+        }
+    }
+
+    /// Counts `records` read; every [`PROGRESS_EVERY`], asks how far behind the stage is
+    /// (`behind` may cost a request to the broker) and logs it.
+    fn note(&mut self, records: u64, behind: impl FnOnce() -> Option<u64>) {
+        match self.at(std::time::Instant::now(), records, behind) {
+            Some(Said::Behind {
+                records,
+                per_second,
+            }) => tracing::info!(
+                records_behind = records,
+                records_per_second = per_second,
+                "catching up"
+            ),
+            Some(Said::CaughtUp { per_second }) => {
+                tracing::info!(records_per_second = per_second, "caught up")
+            }
+            None => {}
+        }
+    }
+
+    fn at(
+        &mut self,
+        now: std::time::Instant,
+        records: u64,
+        behind: impl FnOnce() -> Option<u64>,
+    ) -> Option<Said> {
+        self.records += records;
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < PROGRESS_EVERY {
+            return None;
+        }
+        let per_second = (u128::from(self.records) * 1000 / elapsed.as_millis().max(1)) as u64;
+        self.since = now;
+        self.records = 0;
+        match behind() {
+            Some(records) if records > 0 => {
+                self.behind = true;
+                Some(Said::Behind {
+                    records,
+                    per_second,
+                })
+            }
+            Some(_) if self.behind => {
+                self.behind = false;
+                Some(Said::CaughtUp { per_second })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Batches whose outputs are durable and whose state, changelog and offsets are not yet.
@@ -372,8 +455,42 @@ fn last_positions(batch: &[Record]) -> Vec<Position> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
     //! The retry back-off of the stage loop, on tokio's paused clock: the pauses between attempts
     //! are exact, whatever the machine's load.
+
+    #[test]
+    fn progress_is_said_every_interval_while_behind_and_once_when_caught_up() {
+        let mut p = Progress::new();
+        let t0 = p.since;
+        let asked = std::cell::Cell::new(0);
+        let behind = |n: u64| {
+            asked.set(asked.get() + 1);
+            Some(n)
+        };
+        assert_eq!(
+            p.at(t0 + Duration::from_secs(1), 500, || behind(9_000)),
+            None
+        );
+        assert_eq!(
+            asked.get(),
+            0,
+            "the source is asked only when a line is due"
+        );
+        assert_eq!(
+            p.at(t0 + Duration::from_secs(10), 19_500, || behind(9_000)),
+            Some(Said::Behind {
+                records: 9_000,
+                per_second: 2_000
+            })
+        );
+        assert_eq!(
+            p.at(t0 + Duration::from_secs(20), 9_000, || behind(0)),
+            Some(Said::CaughtUp { per_second: 900 })
+        );
+        assert_eq!(p.at(t0 + Duration::from_secs(30), 10, || behind(0)), None);
+        assert_eq!(p.at(t0 + Duration::from_secs(40), 10, || None), None);
+    }
 
     use std::sync::{Arc, Mutex};
 

@@ -35,11 +35,23 @@ pub(crate) fn open_sled(path: &Path) -> std::result::Result<sled::Db, sled::Erro
 /// Opens an existing store as it is, for a reader such as a report: waits for a closing
 /// handle's lock like [`StateStore::open`], but never moves a damaged store aside (a reader must
 /// not change what it reads); sled panicking on a damaged file is an error, not a crash.
-pub fn open_unchanged(path: &Path) -> std::result::Result<sled::Db, String> {
+pub fn open_unchanged(path: &Path) -> std::result::Result<sled::Db, Unopened> {
     match std::panic::catch_unwind(|| open_sled(path)) {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("sled panicked while opening the store".into()),
+        Ok(Err(e)) if is_lock_error(&e) => Err(Unopened::Held),
+        Ok(r) => r.map_err(|e| Unopened::Failed(e.to_string())),
+        Err(_) => Err(Unopened::Failed(
+            "sled panicked while opening the store".into(),
+        )),
     }
+}
+
+/// Why [`open_unchanged`] could not open a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unopened {
+    /// Another process holds it (a running `tillbridge run`): sled allows one process at a time.
+    Held,
+    /// It could not be read (damaged, or not a sled store).
+    Failed(String),
 }
 
 /// Creates `path` (and its parents) and makes it readable by its owner only (0700), also when

@@ -8,10 +8,12 @@
 //! the till's clock; processing time is never stored in these types.
 //!
 //! Also here: [`pan`] (card-number detection and redaction), [`ids`] (deterministic output
-//! ids) and [`code`] (the one masker and fingerprinter of coupon codes).
+//! ids), [`code`] (the one masker and fingerprinter of coupon codes) and [`money`] (amounts in
+//! major units with each currency's digits, and durations, as people read them).
 
 pub mod code;
 pub mod ids;
+pub mod money;
 pub mod pan;
 
 use chrono::{DateTime, Utc};

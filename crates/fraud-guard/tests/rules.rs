@@ -220,7 +220,11 @@ async fn offline_exposure_table() {
             assert_eq!(a.subject, "store:s1");
             assert_eq!(ms(&a.window_start), T0, "{name}");
             assert!(a.risk_score >= 60, "{name}");
-            assert!(a.evidence.contains("cap 50000"), "{name}: {}", a.evidence);
+            assert!(
+                a.evidence.contains("cap 500.00 EUR"),
+                "{name}: {}",
+                a.evidence
+            );
         }
     }
 }
@@ -356,6 +360,13 @@ async fn return_after_redemption_table() {
             assert_eq!(a.event_ids.len(), 2);
             assert!(a.evidence.contains("RE…42#"), "{name}: {}", a.evidence);
             assert!(!a.evidence.contains("RETURN-CODE-42"));
+            // Amounts in major units with the currency's digits.
+            assert!(a.evidence.starts_with("partial return of 400.00 EUR of "));
+            assert!(
+                a.evidence.contains("(discount 100.00 EUR)"),
+                "{}",
+                a.evidence
+            );
             assert_eq!(ms(&a.window_end), T0 + 24 * HOUR);
         }
     }

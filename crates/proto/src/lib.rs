@@ -8,6 +8,8 @@
 
 mod convert;
 mod dupkeys;
+#[doc(hidden)]
+pub mod json_fast;
 mod rejection;
 
 /// Generated types of package `tillbridge.v1`.
@@ -100,11 +102,17 @@ fn json_error(e: &serde_json::Error) -> String {
     }
 }
 
-/// Decodes a till event from protobuf or JSON (see [`detect_encoding`]).
+/// Decodes a till event from protobuf or JSON (see [`detect_encoding`]). JSON in its common
+/// forms takes a fast path ([`json_fast`]); any other form is judged by [`from_json`].
 pub fn decode_till_event(
     payload: &[u8],
     content_type: Option<&[u8]>,
 ) -> Result<pb::TillEvent, Rejection> {
+    if detect_encoding(payload, content_type) == Encoding::Json {
+        if let Some(event) = json_fast::till_event(payload) {
+            return Ok(event);
+        }
+    }
     decode_message(payload, content_type)
 }
 

@@ -17,6 +17,14 @@ pub enum Error {
     /// A stored value could not be read back. `what` names the kind of entry, never a coupon code.
     #[error("corrupt reconciler state ({what}): {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// `report` was asked for a state that a running process holds (sled opens in one process
+    /// at a time).
+    #[error(
+        "the reconciler state at {0} is held by a running `tillbridge run`: on the embedded log \
+         the state and the log are that process's own, so stop it (SIGTERM) and run `report` \
+         again; with [kafka], `report` reads the topics and needs no stop"
+    )]
+    Held(PathBuf),
     /// `report` was asked for a state directory that does not exist.
     #[error("no reconciler state at {0}")]
     NoState(PathBuf),

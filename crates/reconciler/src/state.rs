@@ -241,8 +241,10 @@ pub(crate) fn read_cases(state_dir: &Path) -> Result<Vec<Case>, Error> {
     }
     // Opened directly rather than through `StateStore::open`, which would move a store of another
     // layout aside: a report must never change the state it reads.
-    let db = tillbridge_core::store::open_unchanged(state_dir)
-        .map_err(|detail| Error::corrupt("state store", detail))?;
+    let db = tillbridge_core::store::open_unchanged(state_dir).map_err(|e| match e {
+        tillbridge_core::store::Unopened::Held => Error::Held(state_dir.to_owned()),
+        tillbridge_core::store::Unopened::Failed(detail) => Error::corrupt("state store", detail),
+    })?;
     match db.get(FORMAT_KEY)? {
         Some(v) if v.as_ref() == FORMAT.as_bytes() => {}
         _ => {

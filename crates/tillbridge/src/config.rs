@@ -9,28 +9,141 @@ use tillbridge_reconciler::ReconcilerConfig;
 
 /// Loads the configuration (see [`Config::load`]) and checks every section, whatever the command
 /// and the stages it runs: a typo under `[fraud_guard]` or `[router]` is an error for `report`
-/// and `create-topics` as much as for `run`. On a Kafka cluster the fingerprint key must be set:
+/// and `topics create` as much as for `run`. On a Kafka cluster the fingerprint key must be set:
 /// the default is public, so fingerprints made with it could be reversed for short codes.
 pub fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
     let config = Config::load(file)?;
-    fraud_guard_config(&config)?;
-    reconciler_config(&config)?;
-    router_rules(&config)?;
-    delivery_config(&config)?;
-    let key = fingerprint_key(&config)?;
-    let key = key.trim();
-    if config.kafka.is_some() && (key.is_empty() || key == DEFAULT_FINGERPRINT_KEY) {
-        anyhow::bail!(
-            "fingerprint.key is {}: set a secret of your own (TILLBRIDGE_FINGERPRINT__KEY) \
-             before running against a Kafka cluster",
-            if key.is_empty() {
-                "empty"
-            } else {
-                "the default"
-            }
-        );
+    match section_problems(&config).into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(config),
     }
-    Ok(config)
+}
+
+/// What is wrong with the sections each crate owns, and with the fingerprint key: every problem,
+/// not only the first.
+fn section_problems(config: &Config) -> Vec<anyhow::Error> {
+    type Check<'a> = &'a dyn Fn(&Config) -> anyhow::Result<()>;
+    let checks: [Check; 5] = [
+        &|c| fraud_guard_config(c).map(drop),
+        &|c| reconciler_config(c).map(drop),
+        &|c| router_rules(c).map(drop),
+        &|c| delivery_config(c).map(drop),
+        &|c| {
+            let key = fingerprint_key(c)?;
+            let key = key.trim();
+            if c.kafka.is_some() && (key.is_empty() || key == DEFAULT_FINGERPRINT_KEY) {
+                anyhow::bail!(
+                    "fingerprint.key is {}: set a secret of your own (TILLBRIDGE_FINGERPRINT__KEY) \
+                     before running against a Kafka cluster",
+                    if key.is_empty() {
+                        "empty"
+                    } else {
+                        "the default"
+                    }
+                );
+            }
+            Ok(())
+        },
+    ];
+    checks
+        .iter()
+        .filter_map(|check| check(config).err())
+        .collect()
+}
+
+/// What `tillbridge config check` found: errors (the configuration would not start) and
+/// warnings (ignored environment variables).
+#[derive(Debug, Default)]
+pub struct ConfigCheck {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Checks a configuration the way [`load_config`] does, but goes on past the first problem:
+/// unknown sections, each section on its own (an unknown key, a bad value), the cross-field
+/// checks, each crate's own section and the fingerprint key. Messages name keys, never values
+/// of `[kafka.properties]`.
+pub fn check_config(file: Option<&std::path::Path>) -> ConfigCheck {
+    use figment::Provider;
+    use serde::de::DeserializeOwned;
+    use tillbridge_core::config::{stray_env_vars, SECTIONS};
+
+    let mut check = ConfigCheck {
+        warnings: stray_env_vars()
+            .into_iter()
+            .map(|v| format!("environment variable {v} names no config section: ignored"))
+            .collect(),
+        ..ConfigCheck::default()
+    };
+    let fig = match Config::figment(file) {
+        Ok(fig) => fig,
+        Err(e) => {
+            check.errors.push(e.to_string());
+            return check;
+        }
+    };
+    match fig.data() {
+        Ok(data) => {
+            for dict in data.values() {
+                for key in dict.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
+                    check.errors.push(format!("unknown section [{key}]"));
+                }
+            }
+        }
+        Err(e) => {
+            check.errors.extend(e.into_iter().map(|e| e.to_string()));
+            return check;
+        }
+    }
+    let mut config = Config::default();
+    fn section<T: DeserializeOwned>(
+        fig: &figment::Figment,
+        name: &str,
+        errors: &mut Vec<String>,
+    ) -> Option<T> {
+        if fig.find_value(name).is_err() {
+            return None;
+        }
+        fig.extract_inner(name)
+            .map_err(|e| errors.extend(e.into_iter().map(|e| e.to_string())))
+            .ok()
+    }
+    let errors = &mut check.errors;
+    if let Some(v) = section(&fig, "topics", errors) {
+        config.topics = v;
+    }
+    config.kafka = section::<Option<_>>(&fig, "kafka", errors).flatten();
+    if let Some(v) = section(&fig, "embedded", errors) {
+        config.embedded = v;
+    }
+    if let Some(v) = section(&fig, "state", errors) {
+        config.state = v;
+    }
+    if let Some(v) = section(&fig, "ingest", errors) {
+        config.ingest = v;
+    }
+    if let Some(v) = section(&fig, "fingerprint", errors) {
+        config.fingerprint = v;
+    }
+    for (name, slot) in [
+        ("reconciler", &mut config.reconciler),
+        ("fraud_guard", &mut config.fraud_guard),
+        ("router", &mut config.router),
+        ("delivery", &mut config.delivery),
+    ] {
+        if let Some(v) = section(&fig, name, errors) {
+            *slot = v;
+        }
+    }
+    if let Err(e) = config.validate() {
+        errors.push(e.to_string());
+    }
+    // The secrets' sources (variables, files) are there and readable.
+    if let Some(Err(e)) = config.kafka.as_ref().map(|k| k.client_properties()) {
+        errors.push(e.to_string());
+    }
+    errors.extend(section_problems(&config).iter().map(|e| format!("{e:#}")));
+    check
 }
 
 /// The `[reconciler]` section of `config`, checked strictly.

@@ -151,15 +151,19 @@ pub async fn run(
         .dead_lettered
         .keys()
         .all(|k| RejectReason::from_code(k).is_some()));
+    let mut compensations = Vec::new();
     for r in log.read_all(&config.topics.compensations)? {
         let c = pb::CompensatingAction::decode(r.payload.as_deref().unwrap_or_default())?;
         let kind = pb::CompensationKind::try_from(c.kind)
             .map(|k| k.as_str_name().to_owned())
             .unwrap_or_else(|_| c.kind.to_string());
         *summary.compensations.entry(kind).or_default() += 1;
+        compensations.push(c);
     }
+    let mut alerts = Vec::new();
     for r in log.read_all(&config.topics.alerts)? {
         let a = pb::FraudAlert::decode(r.payload.as_deref().unwrap_or_default())?;
+        alerts.push(a.clone());
         let rule = pb::AlertRule::try_from(a.rule)
             .map(|k| k.as_str_name().to_owned())
             .unwrap_or_else(|_| a.rule.to_string());
@@ -174,7 +178,8 @@ pub async fn run(
             .or_default()
             .insert(a.subject);
     }
-    let report = crate::report::build_report(&config)?;
+    // The HTML page shows the compensations and alerts too; report.json and report.csv do not.
+    let report = crate::report::build_report(&config)?.with_activity(&compensations, &alerts);
     summary.cases = report.summary().to_string();
     summary.report_files = report.write(out)?;
     Ok(summary)

@@ -12,11 +12,14 @@
 //! - `report`: [`write_report`]; `metrics`: [`serve_metrics`]; [`signals`]: SIGTERM and Ctrl-C
 //!   start the same drain; [`logging`].
 //! - [`publish`]: the integrator's first tool (check JSON lines against the contract, append).
+//! - [`tail`]: a topic's records decoded and masked, one a line; [`dlq`]: dead letters an
+//!   operator fixed, published again to the topic they came from.
 //! - [`demo`] and [`sim`]: a simulated POS fleet through every stage, ending in a reconciliation
 //!   report.
 
 pub mod config;
 pub mod demo;
+pub mod dlq;
 pub mod logging;
 mod metrics;
 pub mod publish;
@@ -25,13 +28,15 @@ mod run;
 pub mod signals;
 pub mod sim;
 mod tables;
+pub mod tail;
+pub mod topics;
 mod transport;
 
 pub use config::{
-    all_topics, delivery_config, fingerprint_key, fraud_guard_config, load_config,
-    reconciler_config, router_config, router_rules,
+    all_topics, check_config, delivery_config, fingerprint_key, fraud_guard_config, load_config,
+    reconciler_config, router_config, router_rules, ConfigCheck,
 };
-pub use metrics::serve_metrics;
+pub use metrics::{serve_metrics, BuildInfo};
 pub use report::{
     build_report, build_report_from_topics, write_report, write_report_from, ReportFrom,
 };

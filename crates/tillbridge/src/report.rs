@@ -4,13 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use prost::Message;
 use tillbridge_core::config::Config;
+use tillbridge_proto::pb;
 use tillbridge_reconciler::{Reconciler, Report};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{fingerprint_key, reconciler_config};
 use crate::tables::replay_reconciler;
-use crate::transport::{limits, Transport};
+use crate::transport::{limits, read_to_end, Transport};
 
 /// Where a report is built from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -64,20 +66,75 @@ pub fn write_report(config: &Config, out: &Path) -> anyhow::Result<Vec<PathBuf>>
     Ok(report.write(out)?)
 }
 
-/// Writes the reconciliation report built from `from` into `out`.
+/// The compensating actions (retractions included) and the fraud alerts on their topics, up to
+/// the topics' end, in topic order, for the HTML page ([`Report::with_activity`]).
+async fn read_activity(
+    config: &Config,
+    transport: &Transport,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Vec<pb::CompensatingAction>, Vec<pb::FraudAlert>)> {
+    let lim = limits(config);
+    let mut compensations = Vec::new();
+    for r in read_to_end(transport, &config.topics.compensations, lim, shutdown).await? {
+        if let Some(p) = r.payload.as_deref() {
+            compensations.push(
+                pb::CompensatingAction::decode(p)
+                    .with_context(|| format!("decoding {}", config.topics.compensations))?,
+            );
+        }
+    }
+    let mut alerts = Vec::new();
+    for r in read_to_end(transport, &config.topics.alerts, lim, shutdown).await? {
+        if let Some(p) = r.payload.as_deref() {
+            alerts.push(
+                pb::FraudAlert::decode(p)
+                    .with_context(|| format!("decoding {}", config.topics.alerts))?,
+            );
+        }
+    }
+    Ok((compensations, alerts))
+}
+
+/// Writes the reconciliation report built from `from` into `out`, its HTML page with the
+/// compensating actions and fraud alerts read from their topics (left out, with a warning, when
+/// the topics cannot be read).
 pub async fn write_report_from(
     config: &Config,
     out: &Path,
     from: ReportFrom,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    match from {
-        ReportFrom::State => write_report(config, out),
+    let (report, transport) = match from {
+        ReportFrom::State => {
+            let report = build_report(config)?;
+            let transport = if config.kafka.is_none() && !config.embedded.path.exists() {
+                // No log to read (and none to create here).
+                Err(anyhow::anyhow!(
+                    "no embedded log at {}",
+                    config.embedded.path.display()
+                ))
+            } else {
+                Transport::from_config(config)
+            };
+            (report, transport)
+        }
         ReportFrom::Topics => {
             let transport = Transport::from_config(config)?;
             let report = build_report_from_topics(config, &transport, shutdown).await?;
-            std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-            Ok(report.write(out)?)
+            (report, Ok(transport))
         }
-    }
+    };
+    let activity = match transport {
+        Ok(t) => read_activity(config, &t, shutdown).await,
+        Err(e) => Err(e),
+    };
+    let report = match activity {
+        Ok((compensations, alerts)) => report.with_activity(&compensations, &alerts),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "compensations and alerts left out of the report");
+            report
+        }
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(report.write(out)?)
 }

@@ -115,7 +115,7 @@ where
                 let partitions = k.partition_count(input)? as i32;
                 if partitions == 0 {
                     anyhow::bail!(
-                        "topic {input} has no partitions: create the topics first (tillbridge create-topics)"
+                        "topic {input} has no partitions: create the topics first (tillbridge topics create)"
                     );
                 }
                 k.ensure_changelog(r.topic(), partitions).await?;
@@ -224,6 +224,21 @@ pub async fn run(
         Until::Shutdown
     };
     let limits = limits(config);
+    // Not ready (`/readyz`) until every stage started here has opened its state, finished its
+    // preloads and restores and read from its source.
+    for (on, name) in [
+        (stages.ingest, "ingest"),
+        (
+            stages.delivery && delivery_config(config)?.is_some(),
+            "delivery",
+        ),
+        (stages.reconciler, "reconciler"),
+        (stages.fraud_guard, "fraud-guard"),
+    ] {
+        if on {
+            tillbridge_core::health::starting(name);
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
     let state = config.state.dir.clone();
     std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;

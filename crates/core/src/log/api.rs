@@ -141,6 +141,12 @@ pub trait Source: Send {
 
     /// Records not yet handed out, when the log can tell cheaply (the embedded log can).
     fn lag(&self) -> Option<u64>;
+
+    /// Records not yet read, even when telling costs a request to the broker: for the periodic
+    /// progress line, not for every batch.
+    fn behind(&self) -> Option<u64> {
+        self.lag()
+    }
 }
 
 /// Writes records.
@@ -181,7 +187,9 @@ impl Landed {
 
 /// The dead letter of a record a stage read that breaks the contract (a till event, a store row,
 /// a destination record): its original bytes and key redacted of card numbers, its id derived
-/// from the record's position, so a replay writes the same dead letter.
+/// from the record's position and `rejected_at` the record's timestamp (the time it was sent),
+/// so a replay writes the same dead letter, byte for byte. Only a record without a timestamp
+/// (none of Kafka's or the embedded log's) is stamped with the processing time.
 pub fn dead_letter(rec: &Record, dlq: &str, reason: &str, detail: &str) -> OutRecord {
     dead_letter_of(rec, dlq, reason, detail.to_owned(), None, usize::MAX)
 }
@@ -209,7 +217,11 @@ pub fn dead_letter_of(
         source_offset: rec.offset,
         original,
         event_id,
-        rejected_at: Some(tillbridge_proto::timestamp(chrono::Utc::now())),
+        rejected_at: Some(tillbridge_proto::timestamp(
+            rec.timestamp_ms
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .unwrap_or_else(chrono::Utc::now),
+        )),
     };
     OutRecord::new(
         dlq,

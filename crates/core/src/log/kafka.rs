@@ -13,8 +13,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -23,10 +22,12 @@ use rdkafka::message::{Header as KHeader, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+pub(super) mod admin;
+
 use super::api::{BatchLimits, Order, OutRecord, Position, Record, Sink, Source};
 use super::changelog::StateRestore;
 use super::merge::{Key, Merge};
-use crate::config::KafkaConfig;
+use crate::config::{is_secret_property, KafkaConfig};
 use crate::{Error, Result};
 
 /// Where a stage's consumer starts each partition it is assigned.
@@ -47,6 +48,17 @@ pub enum Resume {
     State(BTreeMap<(String, i32), i64>),
 }
 
+/// The linked librdkafka: its version and its compiled-in features (`builtin.features`: ssl,
+/// sasl_scram, zstd, ...).
+pub fn librdkafka_build() -> (String, String) {
+    let (_, version) = rdkafka::util::get_rdkafka_version();
+    let features = ClientConfig::new()
+        .create_native_config()
+        .and_then(|c| c.get("builtin.features"))
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    (version, features)
+}
+
 /// Factory of Kafka consumers, producers and admin calls for one cluster.
 #[derive(Clone, Debug)]
 pub struct KafkaLog {
@@ -63,16 +75,28 @@ impl KafkaLog {
         format!("{}.{}", self.config.group_prefix, stage)
     }
 
-    fn base(&self) -> ClientConfig {
+    /// The start of every client's settings: `bootstrap.servers` and the operator's
+    /// `[kafka.properties]` and `[kafka.secrets]` (so TLS and SASL reach every client, admin and
+    /// metadata ones too). A client sets its own settings on it, then
+    /// [`KafkaLog::apply_properties`] applies the operator's again, last, so they win.
+    fn base(&self) -> Result<ClientConfig> {
         let mut c = ClientConfig::new();
+        // librdkafka's logs reach `tracing` through the clients' context ([`Guard`]): they are
+        // produced down to the level `tracing` lets through for the target `librdkafka`.
+        c.set_log_level(librdkafka_log_level());
         c.set("bootstrap.servers", &self.config.bootstrap_servers);
-        c
+        self.apply_properties(&mut c)?;
+        Ok(c)
     }
 
-    fn apply_properties(&self, c: &mut ClientConfig) {
-        for (k, v) in &self.config.properties {
+    /// Applies `[kafka.properties]` and `[kafka.secrets]` (read now from their sources) over the
+    /// client's own settings: every client this log makes goes through here, so TLS and SASL
+    /// settings reach stage consumers and producers, admin calls and table and changelog readers.
+    fn apply_properties(&self, c: &mut ClientConfig) -> Result<()> {
+        for (k, v) in self.config.client_properties()? {
             c.set(k, v);
         }
+        Ok(())
     }
 
     /// A consumer in group `{group_prefix}.{stage}` subscribed to `topics`, starting each
@@ -109,7 +133,7 @@ impl KafkaLog {
             )));
         }
         let group = self.group(stage);
-        let mut c = self.base();
+        let mut c = self.base()?;
         c.set("group.id", &group)
             .set("enable.auto.offset.store", "false")
             .set("enable.auto.commit", "true")
@@ -141,20 +165,19 @@ impl KafkaLog {
         if let Some(id) = &self.config.instance_id {
             c.set("group.instance.id", format!("{id}.{stage}"));
         }
-        self.apply_properties(&mut c);
-        let mut reader = self.base();
+        self.apply_properties(&mut c)?;
+        let mut reader = self.base()?;
         reader
             .set("group.id", format!("{group}.restore"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.queue.backoff.ms", "10");
-        self.apply_properties(&mut reader);
+        self.apply_properties(&mut reader)?;
         let mut context = CommitBeforeRevoke::new(&group, resume.clone());
         let restores = restore.is_some();
         context.restore = restore.map(|r| (r, reader));
         context.stage = stage.to_owned();
-        let consumer: StreamConsumer<CommitBeforeRevoke> =
-            c.create_with_context(context).map_err(kafka_err)?;
+        let consumer: StreamConsumer<CommitBeforeRevoke> = create(&c, context)?;
         match &resume {
             Resume::ReplayOnce => tracing::warn!(%group,
                 "stage state is new: its partitions are replayed from the beginning"),
@@ -188,7 +211,7 @@ impl KafkaLog {
             self.config.group_prefix,
             uuid::Uuid::new_v4().simple()
         );
-        let mut c = self.base();
+        let mut c = self.base()?;
         c.set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -197,17 +220,18 @@ impl KafkaLog {
                 "fetch.wait.max.ms",
                 self.config.fetch_wait_max_ms.to_string(),
             );
-        self.apply_properties(&mut c);
-        let consumer: StreamConsumer<CommitBeforeRevoke> = c
-            .create_with_context(CommitBeforeRevoke::new(&group, Resume::Committed))
-            .map_err(kafka_err)?;
+        self.apply_properties(&mut c)?;
+        let consumer: StreamConsumer<CommitBeforeRevoke> =
+            create(&c, CommitBeforeRevoke::new(&group, Resume::Committed))?;
         let timeout = Duration::from_secs(10);
-        let md = settled(|| consumer.fetch_metadata(Some(topic), timeout))?;
+        let guard = &consumer.context().guard;
+        let md = settled_guarded(guard, || consumer.fetch_metadata(Some(topic), timeout))?;
         let mut tpl = TopicPartitionList::new();
         let mut ends = BTreeMap::new();
         for t in md.topics() {
             for p in t.partitions() {
-                let (low, high) = settled(|| consumer.fetch_watermarks(topic, p.id(), timeout))?;
+                let (low, high) =
+                    settled_guarded(guard, || consumer.fetch_watermarks(topic, p.id(), timeout))?;
                 // A partition compacted or deleted down to nothing has nothing to wait for.
                 if high > low {
                     ends.insert(p.id(), high);
@@ -229,7 +253,7 @@ impl KafkaLog {
 
     /// An idempotent producer.
     pub fn sink(&self) -> Result<KafkaSink> {
-        let mut c = self.base();
+        let mut c = self.base()?;
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -238,8 +262,8 @@ impl KafkaLog {
                 "message.timeout.ms",
                 self.config.delivery_timeout.as_millis().to_string(),
             );
-        self.apply_properties(&mut c);
-        let producer: FutureProducer = c.create().map_err(kafka_err)?;
+        self.apply_properties(&mut c)?;
+        let producer: FutureProducer<Guard> = create(&c, Guard::default())?;
         Ok(KafkaSink {
             producer: std::sync::Arc::new(std::sync::Mutex::new(producer)),
             config: c,
@@ -247,10 +271,20 @@ impl KafkaLog {
         })
     }
 
+    /// Whether a broker of the cluster answers a metadata request within `timeout`.
+    pub fn ping(&self, timeout: Duration) -> Result<()> {
+        let c: BaseConsumer<Guard> = create(&self.base()?, Guard::default())?;
+        c.fetch_metadata(None, timeout)
+            .map(drop)
+            .map_err(|e| c.context().refused().unwrap_or_else(|| kafka_err(e)))
+    }
+
     /// Number of partitions of `topic`.
     pub fn partition_count(&self, topic: &str) -> Result<usize> {
-        let c: BaseConsumer = self.base().create().map_err(kafka_err)?;
-        let md = settled(|| c.fetch_metadata(Some(topic), Duration::from_secs(10)))?;
+        let c: BaseConsumer<Guard> = create(&self.base()?, Guard::default())?;
+        let md = settled_guarded(c.context(), || {
+            c.fetch_metadata(Some(topic), Duration::from_secs(10))
+        })?;
         Ok(md.topics().iter().map(|t| t.partitions().len()).sum())
     }
 
@@ -258,17 +292,13 @@ impl KafkaLog {
     /// exist, and checks that an existing one has at least that many (changelog partition `p`
     /// mirrors input partition `p`).
     pub async fn ensure_changelog(&self, topic: &str, partitions: i32) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = self.base().create().map_err(kafka_err)?;
+        let admin: AdminClient<Guard> = create(&self.base()?, Guard::default())?;
         // The cluster's default replication factor (-1): a changelog is as precious as the
         // state it restores.
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))
             .set("cleanup.policy", "compact");
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for r in admin
-            .create_topics([&new], &opts)
-            .await
-            .map_err(kafka_err)?
-        {
+        for r in guarded(admin.inner().context(), admin.create_topics([&new], &opts)).await? {
             match r {
                 Ok(_) => tracing::info!(%topic, partitions, "changelog topic created"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -291,7 +321,7 @@ impl KafkaLog {
 
     /// Creates `topics` with `partitions` partitions; topics that exist are left alone.
     pub async fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = self.base().create().map_err(kafka_err)?;
+        let admin: AdminClient<Guard> = create(&self.base()?, Guard::default())?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|t| {
@@ -301,7 +331,7 @@ impl KafkaLog {
             })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = admin.create_topics(&new, &opts).await.map_err(kafka_err)?;
+        let results = guarded(admin.inner().context(), admin.create_topics(&new, &opts)).await?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -331,7 +361,9 @@ fn assign_every_partition(
     let mut tpl = TopicPartitionList::new();
     let mut resumed = TopicPartitionList::new();
     for topic in topics {
-        let md = settled(|| consumer.fetch_metadata(Some(topic), timeout))?;
+        let md = settled_guarded(&consumer.context().guard, || {
+            consumer.fetch_metadata(Some(topic), timeout)
+        })?;
         let partitions: Vec<i32> = md
             .topics()
             .iter()
@@ -382,10 +414,17 @@ fn settled_partitions(log: &KafkaLog, topic: &str) -> Result<usize> {
     }
 }
 
-fn settled<T>(mut call: impl FnMut() -> std::result::Result<T, KafkaError>) -> Result<T> {
+/// Runs a blocking metadata-style call, retrying transient errors (no leader yet, broker not
+/// reachable) for up to [`SETTLE_FOR`], but failing at once when `guard` (the client's context)
+/// notes a refused TLS handshake or SASL login.
+fn settled_guarded<T>(
+    guard: &Guard,
+    mut call: impl FnMut() -> std::result::Result<T, KafkaError>,
+) -> Result<T> {
     let start = std::time::Instant::now();
     loop {
-        match call().map_err(kafka_err) {
+        // A refused TLS handshake or SASL login is no cluster settling: retrying will not mend it.
+        match call().map_err(|e| guard.refused().unwrap_or_else(|| kafka_err(e))) {
             Err(e) if e.is_retryable() && start.elapsed() < SETTLE_FOR => {
                 tracing::info!(error = %e, "cluster not settled yet, retrying");
                 std::thread::sleep(SETTLE_BACKOFF);
@@ -395,7 +434,275 @@ fn settled<T>(mut call: impl FnMut() -> std::result::Result<T, KafkaError>) -> R
     }
 }
 
+/// Creates a client from `config`, its connection watched for a while by its context's [`Guard`]
+/// ([`Guard::watch`]). A property librdkafka refuses is a configuration error naming the
+/// property, never its value (a mistyped `sasl.pasword` must not print the password); any other
+/// error has the values of secret properties blanked out.
+fn create<C: ClientContext + Guarded, T: FromClientConfigAndContext<C>>(
+    config: &ClientConfig,
+    context: C,
+) -> Result<T> {
+    let guard = context.guard().clone();
+    let client = config.create_with_context(context).map_err(|e| {
+        let secrets = config
+            .config_map()
+            .iter()
+            .filter(|(k, _)| is_secret_property(k))
+            .map(|(_, v)| v.as_str());
+        match kafka_err(e) {
+            Error::Kafka(m) => Error::Kafka(blank(&m, secrets)),
+            Error::Config(m) => Error::Config(blank(&m, secrets)),
+            Error::BrokerUnavailable(m) => Error::BrokerUnavailable(blank(&m, secrets)),
+            e => e,
+        }
+    })?;
+    guard.watch(config);
+    Ok(client)
+}
+
+/// A client context holding a [`Guard`].
+trait Guarded {
+    fn guard(&self) -> &Guard;
+}
+
+impl Guarded for Guard {
+    fn guard(&self) -> &Guard {
+        self
+    }
+}
+
+impl Guarded for CommitBeforeRevoke {
+    fn guard(&self) -> &Guard {
+        &self.guard
+    }
+}
+
+/// `text` with every occurrence of each non-empty value in `values` replaced by `<redacted>`.
+fn blank<'a>(text: &str, values: impl IntoIterator<Item = &'a str>) -> String {
+    let mut text = text.to_owned();
+    for v in values {
+        if !v.is_empty() {
+            text = text.replace(v, "<redacted>");
+        }
+    }
+    text
+}
+
+/// The most detailed level `tracing` lets through for librdkafka's logs.
+fn librdkafka_log_level() -> RDKafkaLogLevel {
+    if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(target: "librdkafka", tracing::Level::INFO) {
+        RDKafkaLogLevel::Info
+    } else if tracing::enabled!(target: "librdkafka", tracing::Level::WARN) {
+        RDKafkaLogLevel::Warning
+    } else {
+        RDKafkaLogLevel::Error
+    }
+}
+
+/// The first refusal a client met, shared by its [`Guard`] and the guard's watcher.
+type Refusal = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+/// Whether librdkafka's message (level `level`) says a connection was refused for good: a TLS
+/// handshake or a SASL login.
+fn is_refusal(level: RDKafkaLogLevel, message: &str) -> bool {
+    let severe = matches!(
+        level,
+        RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+    );
+    severe
+        && (message.contains("SSL handshake failed")
+            || message.contains("SASL authentication error")
+            || message.contains("Authentication failed"))
+}
+
+/// Whether librdkafka's error event is a refused TLS handshake or SASL login.
+fn is_refusal_error(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::SSL
+                | RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+        )
+    )
+}
+
+fn note(refusal: &Refusal, reason: &str) {
+    if let Ok(mut r) = refusal.lock() {
+        r.get_or_insert_with(|| reason.to_owned());
+    }
+}
+
+/// The context of a guard's watcher: a producer whose own thread serves librdkafka's events,
+/// noting a refusal for the guard while the guard lives. It logs nothing: the client watched
+/// logs for itself.
+struct Watcher(std::sync::Weak<std::sync::Mutex<Option<String>>>);
+
+impl ClientContext for Watcher {
+    fn log(&self, level: RDKafkaLogLevel, _fac: &str, log_message: &str) {
+        if let (true, Some(r)) = (is_refusal(level, log_message), self.0.upgrade()) {
+            note(&r, log_message);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let (true, Some(r)) = (is_refusal_error(&error), self.0.upgrade()) {
+            note(&r, reason);
+        }
+    }
+}
+
+/// The context of tillbridge's Kafka clients: it logs what librdkafka logs and reports, and notes
+/// the first refusal that retrying will not mend: a TLS handshake that failed (a broker
+/// certificate not signed by `ssl.ca.location`, or not for the host connected to, a client
+/// certificate the broker refuses) or a SASL login refused (wrong user, password or
+/// mechanism). A call waiting on the cluster then fails at once with librdkafka's explanation
+/// instead of timing out as if the broker were down.
+///
+/// librdkafka delivers its logs and errors as events on the client's main queue, which admin
+/// clients and metadata calls never serve: so each client is also watched for a while by a
+/// producer of the same settings ([`Guard::watch`]).
+#[derive(Clone, Debug, Default)]
+pub struct Guard {
+    refusal: Refusal,
+}
+
+impl Guard {
+    /// Connects with `config` from a thread of its own, through a producer whose background
+    /// thread serves librdkafka's events, until the cluster answers, a refusal is noted, this
+    /// guard is dropped or [`SETTLE_FOR`] has passed.
+    fn watch(&self, config: &ClientConfig) {
+        let refusal = std::sync::Arc::downgrade(&self.refusal);
+        // The same settings, consumer ones included: librdkafka ignores those in a producer,
+        // with a warning the watcher does not log.
+        let config = config.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-watch".into())
+            .spawn(move || {
+                let Ok(producer) = config
+                    .create_with_context::<_, FutureProducer<Watcher>>(Watcher(refusal.clone()))
+                else {
+                    return;
+                };
+                let start = std::time::Instant::now();
+                while start.elapsed() < SETTLE_FOR {
+                    // The cluster id comes with the brokers' metadata, no topic's.
+                    let answered = producer
+                        .client()
+                        .fetch_cluster_id(Duration::from_secs(1))
+                        .is_some();
+                    let refused = match refusal.upgrade() {
+                        Some(r) => r.lock().map_or(true, |r| r.is_some()),
+                        None => true,
+                    };
+                    if answered || refused {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "could not start a connection watcher");
+        }
+    }
+
+    /// The refusal noted, as an error.
+    fn refused(&self) -> Option<Error> {
+        let refusal = self.refusal.lock().ok()?.clone()?;
+        Some(Error::Kafka(format!(
+            "the broker refused the connection: {refusal}"
+        )))
+    }
+}
+
+impl ClientContext for Guard {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if is_refusal(level, log_message) {
+            note(&self.refusal, log_message);
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_refusal_error(&error) {
+            note(&self.refusal, reason);
+            tracing::error!(%error, reason, "kafka client error");
+            return;
+        }
+        match error.rdkafka_error_code() {
+            // The end of a partition (fraud-guard's record-time merge asks for these events):
+            // news, not an error.
+            Some(RDKafkaErrorCode::PartitionEOF) => {
+                tracing::debug!(reason, "end of partition");
+            }
+            // The brokers down or restarting: librdkafka reconnects by itself, the stages poll
+            // through it and `/readyz` says so.
+            Some(
+                RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::RequestTimedOut,
+            ) => tracing::warn!(%error, reason, "kafka client error; the client reconnects"),
+            _ => tracing::error!(%error, reason, "kafka client error"),
+        }
+    }
+}
+
+impl ConsumerContext for Guard {}
+
+/// Runs an admin call, failing at once with the refusal `guard` notes (TLS or SASL) rather than
+/// waiting for the call's own timeout.
+async fn guarded<T>(
+    guard: &Guard,
+    call: impl std::future::Future<Output = std::result::Result<T, KafkaError>>,
+) -> Result<T> {
+    let call = std::pin::pin!(call);
+    let watch = async {
+        loop {
+            if let Some(e) = guard.refused() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let watch = std::pin::pin!(watch);
+    match futures::future::select(call, watch).await {
+        futures::future::Either::Left((r, _)) => {
+            r.map_err(|e| guard.refused().unwrap_or_else(|| kafka_err(e)))
+        }
+        futures::future::Either::Right((e, _)) => Err(e),
+    }
+}
+
 fn kafka_err(e: KafkaError) -> Error {
+    if let KafkaError::ClientConfig(_, description, key, value) = &e {
+        // librdkafka's message names the value too, which may be a secret (a mistyped key).
+        return Error::Config(format!(
+            "kafka property {key:?} refused by librdkafka: {}",
+            blank(description, [value.as_str()])
+        ));
+    }
     match e.rdkafka_error_code() {
         Some(
             RDKafkaErrorCode::BrokerTransportFailure
@@ -415,9 +722,10 @@ fn kafka_err(e: KafkaError) -> Error {
 
 /// Commits stored offsets before partitions are taken away (rust-rdkafka #627/#636), and
 /// publishes the consumer lag librdkafka reports in its statistics.
-#[derive(Debug)]
 pub struct CommitBeforeRevoke {
     group: String,
+    /// Notes a refused TLS handshake or SASL login ([`Guard`]).
+    guard: Guard,
     /// Where each assigned partition starts; with [`Resume::State`], its positions follow
     /// every acknowledged batch ([`KafkaSource::ack`]).
     resume: std::sync::Mutex<Resume>,
@@ -429,6 +737,16 @@ pub struct CommitBeforeRevoke {
     restore: Option<(std::sync::Arc<dyn StateRestore>, ClientConfig)>,
     /// The stage's name (for crash points).
     stage: String,
+}
+
+/// Not derived: the changelog reader's settings may hold secrets.
+impl std::fmt::Debug for CommitBeforeRevoke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitBeforeRevoke")
+            .field("group", &self.group)
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long a changelog restore waits for a record before it gives up (the partition is then
@@ -454,6 +772,7 @@ impl CommitBeforeRevoke {
     fn new(group: &str, resume: Resume) -> Self {
         CommitBeforeRevoke {
             group: group.to_owned(),
+            guard: Guard::default(),
             resume: std::sync::Mutex::new(resume),
             seen: Default::default(),
             restoring: Default::default(),
@@ -648,6 +967,14 @@ impl CommitBeforeRevoke {
 }
 
 impl ClientContext for CommitBeforeRevoke {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.guard.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.guard.error(error, reason);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
@@ -773,9 +1100,10 @@ fn read_changelog(
 ) -> Result<Option<i64>> {
     let topic = restore.topic();
     let partition = key.1;
-    let consumer: BaseConsumer = reader.create().map_err(kafka_err)?;
-    let (low, high) =
-        settled(|| consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)))?;
+    let consumer: BaseConsumer<Guard> = create(reader, Guard::default())?;
+    let (low, high) = settled_guarded(consumer.context(), || {
+        consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))
+    })?;
     let low = from.map_or(low, |c| c.max(low));
     if high <= low {
         // Nothing to read: a new state notes where the changelog ends; one brought up to date
@@ -1092,7 +1420,31 @@ impl Source for KafkaSource {
     fn lag(&self) -> Option<u64> {
         None
     }
+
+    /// Records past the consumer's fetch position up to each assigned partition's high
+    /// watermark, asked of the broker (at most [`BEHIND_BUDGET`] in all); `None` when it does not
+    /// answer in time.
+    fn behind(&self) -> Option<u64> {
+        let positions = self.consumer.position().ok()?;
+        let started = std::time::Instant::now();
+        let mut behind = 0u64;
+        for e in positions.elements() {
+            let Offset::Offset(position) = e.offset() else {
+                continue;
+            };
+            let left = BEHIND_BUDGET.checked_sub(started.elapsed())?;
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(e.topic(), e.partition(), left)
+                .ok()?;
+            behind += u64::try_from(high - position).unwrap_or(0);
+        }
+        Some(behind)
+    }
 }
+
+/// How long [`Source::behind`] may wait for the broker's watermarks, over every partition.
+const BEHIND_BUDGET: Duration = Duration::from_secs(2);
 
 impl Drop for KafkaSource {
     fn drop(&mut self) {
@@ -1106,7 +1458,7 @@ impl Drop for KafkaSource {
 #[derive(Clone)]
 pub struct KafkaSink {
     /// Replaced by a new producer after a fatal error (see [`KafkaSink::send`]).
-    producer: std::sync::Arc<std::sync::Mutex<FutureProducer>>,
+    producer: std::sync::Arc<std::sync::Mutex<FutureProducer<Guard>>>,
     config: ClientConfig,
     timeout: Duration,
 }
@@ -1118,7 +1470,7 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 impl KafkaSink {
-    fn producer(&self) -> FutureProducer {
+    fn producer(&self) -> FutureProducer<Guard> {
         match self.producer.lock() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -1139,7 +1491,7 @@ impl KafkaSink {
             return;
         };
         tracing::error!(%code, %reason, "producer hit a fatal error; creating a new one");
-        match self.config.create::<FutureProducer>() {
+        match create::<_, FutureProducer<Guard>>(&self.config, Guard::default()) {
             Ok(fresh) => match self.producer.lock() {
                 Ok(mut p) => *p = fresh,
                 Err(poisoned) => *poisoned.into_inner() = fresh,

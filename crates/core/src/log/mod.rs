@@ -16,4 +16,5 @@ mod merge;
 pub use api::*;
 pub use changelog::{changelog_topic, StateRestore};
 pub use embedded::{EmbeddedLog, EmbeddedSink, EmbeddedSource};
-pub use kafka::{KafkaLog, KafkaSink, KafkaSource, Resume};
+pub use kafka::admin::{TopicSpec, TopicState};
+pub use kafka::{librdkafka_build, KafkaLog, KafkaSink, KafkaSource, Resume};

@@ -7,6 +7,7 @@
 //! `carried`, so a till that never syncs stays bounded too.
 
 use serde::{Deserialize, Serialize};
+use tillbridge_core::domain::money::format_amount;
 use tillbridge_core::domain::{Body, Connectivity, Sale, TillEvent};
 use uuid::Uuid;
 
@@ -218,10 +219,11 @@ impl OfflineExposure {
             window_end_ms: at,
             event_ids: ids,
             evidence: format!(
-                "offline discounts of {total} {currency} (minor units) since the tills last synced, \
-                 from {} to {}; cap {cap}",
+                "offline discounts of {} since the tills last synced, from {} to {}; cap {}",
+                format_amount(total, &currency),
                 fmt_ms(first.min(at)),
-                fmt_ms(at)
+                fmt_ms(at),
+                format_amount(cap, &currency)
             ),
             excess_pct: excess_pct(total, cap),
         })

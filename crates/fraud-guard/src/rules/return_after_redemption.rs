@@ -7,6 +7,7 @@
 //! horizon, a waiting return once it is older than the horizon.
 
 use serde::{Deserialize, Serialize};
+use tillbridge_core::domain::money::format_amount;
 use tillbridge_core::domain::{Return, Sale, TillEvent};
 use uuid::Uuid;
 
@@ -149,7 +150,13 @@ impl ReturnAfterRedemption {
         let coupons: Vec<String> = sale
             .coupons
             .iter()
-            .map(|(s, d)| format!("{} (discount {d})", s.trim_start_matches("coupon:")))
+            .map(|(s, d)| {
+                format!(
+                    "{} (discount {})",
+                    s.trim_start_matches("coupon:"),
+                    format_amount(*d, &sale.currency)
+                )
+            })
             .collect();
         let subject = match &ret.cashier {
             Some(c) => format!("cashier:{c}"),
@@ -163,11 +170,10 @@ impl ReturnAfterRedemption {
             window_end_ms: sale.ms.saturating_add(len),
             event_ids: vec![sale.event_id, ret.event_id],
             evidence: format!(
-                "partial return of {} of {} {} at {}/{} {} after the sale at {}/{} ({}) that redeemed {}; \
+                "partial return of {} of {} at {}/{} {} after the sale at {}/{} ({}) that redeemed {}; \
                  the coupons stay redeemed",
-                ret.refund_minor,
-                sale.total_minor,
-                sale.currency,
+                format_amount(ret.refund_minor, &sale.currency),
+                format_amount(sale.total_minor, &sale.currency),
                 ret.store,
                 ret.till,
                 fmt_dur(elapsed.max(0)),
