@@ -37,10 +37,12 @@ async fn a_kill_between_any_two_writes_changes_no_answer() {
     for (stage, point, nth) in KILLS {
         let dir = tempfile::tempdir().unwrap();
         let mut config = config(dir.path(), 25);
-        // Ingest commits every batch here, as the other stages do, so each of its points is
-        // passed once per batch (with an interval, one commit covers several batches: the
-        // determinism tests run that way).
+        // Every stage commits every batch here, so each of its points is passed once per batch
+        // (with an interval, one commit covers several batches: the determinism tests run that
+        // way).
         config.ingest.commit_interval = std::time::Duration::ZERO;
+        config.reconciler["commit_interval"] = "0s".into();
+        config.fraud_guard["commit_interval"] = "0s".into();
         let mut recs = in_sync_order(records(&config));
         let rest = recs.split_off(recs.len() / 2);
         let append = |recs| async {

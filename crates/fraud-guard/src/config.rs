@@ -32,6 +32,11 @@ pub enum ConfigError {
         window: Duration,
         max_lateness: Duration,
     },
+    /// A commit interval so long that a crash would replay too much.
+    #[error(
+        "fraud_guard.commit_interval ({0:?}) must be at most 60s (a crash replays up to that much)"
+    )]
+    CommitIntervalTooLong(Duration),
 }
 
 /// The fraud-guard stage. All windows are in event time (`occurred_at`).
@@ -47,6 +52,11 @@ pub struct FraudGuardConfig {
     /// its window ends more than this behind the newest event time.
     #[serde(with = "humantime_serde")]
     pub max_lateness: Duration,
+    /// How long fraud-guard may go on with batches whose alerts are durable before it makes its
+    /// state and offsets durable together (Kafka Streams' `commit.interval.ms`); 0 commits every
+    /// batch. A crash replays at most this much, with the same alerts.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
     /// COUPON_VELOCITY: one coupon code at many stores or tills in a short time.
     pub coupon_velocity: CouponVelocityConfig,
     /// OFFLINE_EXPOSURE: discount value a store gave while its tills were offline.
@@ -73,6 +83,7 @@ impl Default for FraudGuardConfig {
         FraudGuardConfig {
             alert_cooldown: default_alert_cooldown(),
             max_lateness: default_max_lateness(),
+            commit_interval: Duration::from_millis(100),
             coupon_velocity: CouponVelocityConfig::default(),
             offline_exposure: OfflineExposureConfig::default(),
             override_rate: OverrideRateConfig::default(),
@@ -319,6 +330,9 @@ impl FraudGuardConfig {
     /// Checks every value and the relations between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         positive("fraud_guard", "max_lateness", self.max_lateness)?;
+        if self.commit_interval > Duration::from_secs(60) {
+            return Err(ConfigError::CommitIntervalTooLong(self.commit_interval));
+        }
         let v = &self.coupon_velocity;
         at_least_one("coupon_velocity", "min_stores", i64::from(v.min_stores))?;
         at_least_one("coupon_velocity", "min_tills", i64::from(v.min_tills))?;
@@ -379,6 +393,12 @@ mod tests {
         assert!(matches!(
             bad.validate(),
             Err(ConfigError::ZeroThreshold { .. })
+        ));
+        let mut bad = c.clone();
+        bad.commit_interval = Duration::from_secs(61);
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::CommitIntervalTooLong(_))
         ));
         let mut bad = c.clone();
         bad.clock_drift.weight = 101;

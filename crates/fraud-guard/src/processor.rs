@@ -46,12 +46,13 @@ pub struct FraudGuardStats {
 /// The fraud-guard processor.
 ///
 /// **Guarantee.** `process` applies a batch to the in-memory state and returns its alerts;
-/// `commit`, called by the stage loop once those alerts are durable, writes the entries the
-/// batch changed (one sled entry per event id, coupon, till, cashier, sale...; expired ones
-/// removed) together with the offsets they reflect as one sled batch, and flushes it. On restart, records at or below
-/// the stored offsets are skipped, so a replayed batch never counts twice; a batch replayed
-/// because the crash came before `commit` is judged again from the same state and yields alerts
-/// with the same ids.
+/// `commit`, called by the stage loop once those alerts are durable (after every batch, or
+/// once per `commit_interval` for the batches of the interval), writes the entries those
+/// batches changed (one sled entry per event id, coupon, till, cashier, sale...; expired ones
+/// removed) together with the offsets they reflect as one sled batch, and flushes it. On
+/// restart, records at or below the stored offsets are skipped, so a replayed batch never
+/// counts twice; batches replayed because the crash came before `commit` are judged again from
+/// the same state and yield alerts with the same ids.
 #[derive(Debug)]
 pub struct FraudGuard {
     topics: Topics,
@@ -61,6 +62,8 @@ pub struct FraudGuard {
     persisted: HashMap<Vec<u8>, Vec<u8>>,
     engine: Engine,
     stats: FraudGuardStats,
+    /// `fraud_guard.commit_interval`; `None` commits every batch.
+    commit_interval: Option<std::time::Duration>,
 }
 
 fn state_err(e: impl std::fmt::Display) -> Error {
@@ -86,7 +89,9 @@ impl FraudGuard {
         }
         let state = State::from_kv(persisted.iter().map(|(k, v)| (k.clone(), v.clone())))
             .map_err(state_err)?;
+        let commit_interval = Some(cfg.commit_interval).filter(|d| !d.is_zero());
         Ok(FraudGuard {
+            commit_interval,
             topics: topics.clone(),
             engine: Engine::new(cfg, CodeMasker::new(fingerprint_key), state),
             store,
@@ -269,6 +274,12 @@ impl Processor for FraudGuard {
             *stored = (*stored).max(rec.offset);
         }
         Ok(out)
+    }
+
+    /// The batches of an interval share the in-memory state; `commit` writes what all of them
+    /// changed.
+    fn commit_interval(&self) -> Option<std::time::Duration> {
+        self.commit_interval
     }
 
     async fn commit(&mut self) -> Result<(), Error> {

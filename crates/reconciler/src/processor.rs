@@ -23,6 +23,8 @@ pub struct Reconciler {
     malformed: u64,
     /// While restoring, facts are applied to the ledgers but nothing is settled or emitted.
     restoring: bool,
+    /// `reconciler.commit_interval`; `None` commits every batch.
+    commit_interval: Option<std::time::Duration>,
 }
 
 // By hand: the report key is a secret, and the staged values and sled's own Debug (which dumps
@@ -65,6 +67,7 @@ impl Reconciler {
             settler,
             malformed: 0,
             restoring: false,
+            commit_interval: Some(cfg.commit_interval).filter(|d| !d.is_zero()),
         })
     }
 
@@ -189,6 +192,12 @@ impl Processor for Reconciler {
 
     fn positions(&self) -> Result<BTreeMap<(String, i32), i64>, Error> {
         self.state.positions()
+    }
+
+    /// The batches of an interval read each other's staged ledgers, cases and offsets
+    /// (`State::get` looks at the staged changes first).
+    fn commit_interval(&self) -> Option<std::time::Duration> {
+        self.commit_interval
     }
 
     async fn commit(&mut self) -> Result<(), Error> {
