@@ -367,14 +367,34 @@ fn json_logs_are_one_object_a_line() {
     }
 }
 
+/// `tillbridge report` while an embedded `run` holds the state and the log: the report snapshot
+/// that process writes; once it has stopped, its last snapshot equals the report of its state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn report_beside_a_running_embedded_process_says_why_it_cannot_read() {
+async fn report_beside_a_running_embedded_process_is_its_snapshot() {
+    use kit::same_answers::{in_sync_order, records};
     let dir = tempfile::tempdir().unwrap();
-    let config = embedded(dir.path());
+    let config = kit::same_answers::config(dir.path(), 2000);
+    {
+        let log = tillbridge_core::log::EmbeddedLog::open(
+            &config.embedded.path,
+            config.embedded.partitions,
+        )
+        .unwrap();
+        log.append(in_sync_order(records(&config))).await.unwrap();
+    }
     let mut run = Instance::new(&config, dir.path(), "state", &["run"], "info");
     // Instance::new puts the state in dir/state: the same as the config above.
+    assert_eq!(run.config.state.dir, config.state.dir);
+    let report = |out: &str| {
+        output(
+            with_config(&config)
+                .args(["report", "--out"])
+                .arg(dir.path().join(out))
+                .env_remove("RUST_BACKTRACE"),
+        )
+    };
+    // Before the first snapshot: a typed error that says why and what to do.
     run.start();
-    // Ready once the reconciler has opened its state (it holds it from then on).
     let start = std::time::Instant::now();
     while !run.log_text().contains("reconciler restored") {
         assert!(run.running());
@@ -385,22 +405,62 @@ async fn report_beside_a_running_embedded_process_says_why_it_cannot_read() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (ok, out, err) = output(
-        with_config(&run.config)
-            .args(["report", "--out"])
-            .arg(dir.path().join("reports"))
-            .env_remove("RUST_BACKTRACE"),
-    );
-    assert!(!ok, "{out}");
-    assert!(
-        err.contains("is held by a running `tillbridge run`") && !err.contains("corrupt"),
-        "{err}"
-    );
+    let snapshot = config.state.dir.join("report-snapshot");
+    let (ok, out, err) = report("early");
+    if ok {
+        // Only if the first snapshot came first.
+        assert!(snapshot.exists(), "{out}{err}");
+    } else {
+        assert!(
+            err.contains("is held by a running `tillbridge run`") && !err.contains("corrupt"),
+            "{err}"
+        );
+    }
+    // The snapshot, with cases (the fleet's records make some), while the process runs.
+    let cases = |path: &std::path::Path| -> usize {
+        let text = std::fs::read_to_string(path.join("report.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["cases"].as_array().map_or(0, Vec::len)
+    };
+    let start = std::time::Instant::now();
+    loop {
+        assert!(run.running());
+        let (ok, out, err) = report("while-running");
+        if ok && cases(&dir.path().join("while-running")) > 0 {
+            assert!(err.contains("report snapshot"), "{err}");
+            for f in ["report.json", "report.csv", "report.html"] {
+                assert!(out.contains(f), "{out}");
+            }
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "no report with cases while running: {out}{err}\n{}",
+            run.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     run.stop();
-    let (ok, out, err) = output(
-        with_config(&run.config)
-            .args(["report", "--out"])
-            .arg(dir.path().join("reports")),
-    );
+    // Stopped: the report of the state, which the last snapshot equals.
+    let (ok, out, err) = report("stopped");
     assert!(ok, "{out}{err}");
+    assert!(!err.contains("snapshot"), "{err}");
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    assert_eq!(
+        read(snapshot.join("report.json")),
+        read(dir.path().join("stopped").join("report.json"))
+    );
+    assert!(cases(&dir.path().join("stopped")) > 0);
+    // Two snapshots at most are kept.
+    let kept = std::fs::read_dir(&config.state.dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("report-snapshot.")
+        })
+        .count();
+    assert!((1..=2).contains(&kept), "{kept} snapshots kept");
 }

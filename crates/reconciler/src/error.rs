@@ -20,9 +20,10 @@ pub enum Error {
     /// `report` was asked for a state that a running process holds (sled opens in one process
     /// at a time).
     #[error(
-        "the reconciler state at {0} is held by a running `tillbridge run`: on the embedded log \
-         the state and the log are that process's own, so stop it (SIGTERM) and run `report` \
-         again; with [kafka], `report` reads the topics and needs no stop"
+        "the reconciler state at {0} is held by a running `tillbridge run` and there is no \
+         report snapshot beside it (an embedded `run` writes one every 10 s): wait for it, or \
+         stop the process (SIGTERM) and run `report` again; with [kafka], `report` reads the \
+         topics and needs no stop"
     )]
     Held(PathBuf),
     /// `report` was asked for a state directory that does not exist.

@@ -77,4 +77,4 @@ pub use config::{ReconcilerConfig, CASE_REASONS};
 pub use error::Error;
 pub use model::TimelineEntry;
 pub use processor::{input_topics, Reconciler};
-pub use report::{report, Bucket, CaseReport, Report, Summary, Totals};
+pub use report::{report, Bucket, CaseReport, Report, ReportReader, Summary, Totals};

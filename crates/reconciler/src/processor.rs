@@ -118,6 +118,20 @@ impl Reconciler {
         Ok(out)
     }
 
+    /// A reader of the committed cases for reports made while this reconciler runs (the state
+    /// stays this process's own; see [`crate::ReportReader`]).
+    pub fn report_reader(
+        &self,
+        cfg: &ReconcilerConfig,
+        fingerprint_key: &str,
+    ) -> crate::ReportReader {
+        crate::ReportReader {
+            db: self.state.db(),
+            cfg: cfg.clone(),
+            fingerprint_key: fingerprint_key.to_owned(),
+        }
+    }
+
     /// Whether the state was found damaged and recreated empty: the caller must replay the input
     /// topics from the beginning.
     pub fn rebuilt(&self) -> bool {

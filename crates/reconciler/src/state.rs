@@ -105,6 +105,12 @@ impl State {
         self.store.rebuilt()
     }
 
+    /// A handle on the store for reading its committed cases beside the stage
+    /// ([`crate::ReportReader`]).
+    pub(crate) fn db(&self) -> sled::Db {
+        self.store.db().clone()
+    }
+
     /// How many changes are staged.
     pub(crate) fn staged_len(&self) -> usize {
         self.staged.len()
@@ -257,6 +263,12 @@ pub(crate) fn read_cases(state_dir: &Path) -> Result<Vec<Case>, Error> {
             ))
         }
     }
+    cases_in(&db)
+}
+
+/// The committed cases of the reconciler's store `db` (a commit is one atomic sled batch, so a
+/// scan sees whole commits).
+pub(crate) fn cases_in(db: &sled::Db) -> Result<Vec<Case>, Error> {
     let mut cases = Vec::new();
     for item in db.scan_prefix(PREFIX_CASE.as_bytes()) {
         let (_, v) = item?;

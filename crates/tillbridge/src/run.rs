@@ -298,13 +298,22 @@ pub async fn run(
             }
         }
     }
+    // An embedded `run` holds the state and the log, so `report` beside it reads the report
+    // snapshot it writes (on Kafka, `report` reads the topics instead).
+    let mut snapshots = None;
     if stages.reconciler {
-        let mut p = Reconciler::open(
-            &state.join("reconciler"),
-            &config.topics,
-            &reconciler_config(config)?,
-            &fingerprint_key(config)?,
-        )?;
+        let (cfg, key) = (reconciler_config(config)?, fingerprint_key(config)?);
+        let mut p = Reconciler::open(&state.join("reconciler"), &config.topics, &cfg, &key)?;
+        if matches!(transport, Transport::Embedded(_)) && until == Until::Shutdown {
+            let reader = p.report_reader(&cfg, &key);
+            let task = tokio::spawn(crate::report::keep_snapshots(
+                config.clone(),
+                transport.clone(),
+                reader.clone(),
+                follow_stop.clone(),
+            ));
+            snapshots = Some((task, reader));
+        }
         let topics = Reconciler::input_topics(&config.topics);
         let (t, stop, all) = (transport.clone(), shutdown.clone(), config.topics.clone());
         tasks.spawn(async move {
@@ -341,6 +350,16 @@ pub async fn run(
     follow_stop.cancel();
     if let Some(f) = follower {
         let _ = f.await;
+    }
+    if let Some((task, reader)) = snapshots {
+        let _ = task.await;
+        // The last one, of the state the stopped reconciler committed.
+        if let Err(e) =
+            crate::report::write_snapshot(config, transport, &reader, &CancellationToken::new())
+                .await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "writing the report snapshot failed");
+        }
     }
     summary.stages.sort_by_key(|(n, _)| *n);
     match first_err {

@@ -34,7 +34,7 @@ use tillbridge_proto::pb;
 use crate::config::ReconcilerConfig;
 use crate::error::Error;
 use crate::model::{add_exposure, Case, SubjectType, TimelineEntry};
-use crate::state::read_cases;
+use crate::state::{cases_in, read_cases};
 
 /// Reads the reconciler's state in `state_dir` and builds the report, coupon codes shown as
 /// fingerprints made with `fingerprint_key`. Call it while no
@@ -45,6 +45,34 @@ pub fn report(
     fingerprint_key: &str,
 ) -> Result<Report, Error> {
     Ok(Report::build(read_cases(state_dir)?, cfg, fingerprint_key))
+}
+
+/// Builds reports from the committed state of a reconciler that is running in this process
+/// ([`crate::Reconciler::report_reader`]): what `report` cannot open while the stage holds the
+/// state, the running process can still read, for a snapshot.
+#[derive(Clone)]
+pub struct ReportReader {
+    pub(crate) db: sled::Db,
+    pub(crate) cfg: ReconcilerConfig,
+    pub(crate) fingerprint_key: String,
+}
+
+// By hand: the fingerprint key is a secret.
+impl fmt::Debug for ReportReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReportReader").finish_non_exhaustive()
+    }
+}
+
+impl ReportReader {
+    /// The report of the state as of its last commit.
+    pub fn report(&self) -> Result<Report, Error> {
+        Ok(Report::build(
+            cases_in(&self.db)?,
+            &self.cfg,
+            &self.fingerprint_key,
+        ))
+    }
 }
 
 /// A case as the report shows it.
