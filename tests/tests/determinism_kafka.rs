@@ -186,8 +186,10 @@ async fn the_broker_gives_the_embedded_answers_as_a_backlog_live_and_after_a_wip
 
 /// Two `tillbridge run` processes with every stage, each with a state of its own, in the same
 /// consumer groups, while the records arrive live: the deployment's outstanding compensations,
-/// alerts and report (from the topics) are the embedded single-instance run's. A third process
-/// joins halfway, so partitions move while records arrive.
+/// alerts and report (from the topics) are the embedded single-instance run's. While records
+/// arrive, the first is SIGKILLed and restarted at a quarter, a third process joins halfway (so
+/// partitions move), and at three quarters the second is SIGKILLed, its state wiped and
+/// restarted (ingest restores from its changelog, the reconciler and fraud-guard replay).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_instances_give_the_single_instance_answers() {
     let Some(broker) = kit::broker() else {
@@ -212,9 +214,19 @@ async fn several_instances_give_the_single_instance_answers() {
     instances[0].start();
     instances[1].start();
     let chunks: Vec<_> = recs.chunks(40).collect();
+    let n = chunks.len();
     for (i, chunk) in chunks.iter().enumerate() {
-        if i == chunks.len() / 2 {
+        if i == n / 4 {
+            instances[0].kill();
+            instances[0].start();
+        }
+        if i == n / 2 {
             instances[2].start();
+        }
+        if i == 3 * n / 4 {
+            instances[1].kill();
+            std::fs::remove_dir_all(dir.path().join("instance-1")).unwrap();
+            instances[1].start();
         }
         kit::produce_records(&broker, chunk.to_vec()).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -252,11 +264,11 @@ async fn several_instances_give_the_single_instance_answers() {
         std::fs::read(out.join("report.json")).unwrap(),
     );
     if let Err(e) = got.compare(&reference) {
-        panic!("three instances on Kafka: {e}");
+        panic!("three instances on Kafka, two SIGKILLs, one wipe: {e}");
     }
     println!(
-        "three instances on Kafka: {} outstanding compensations, {} alerts, report.json: no \
-         difference from the embedded single-instance run",
+        "three instances on Kafka, two SIGKILLs, one wipe: {} outstanding compensations, {} \
+         alerts, report.json: no difference from the embedded single-instance run",
         reference.outstanding.len(),
         reference.alerts.len()
     );
