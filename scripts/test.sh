@@ -4,26 +4,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=target/test-broker
+# `need COMMAND WHY`: installs Debian's package of that name when the command is missing and
+# this is root on an apt system; otherwise says which tests will not run.
+need() {
+  if ! command -v "$1" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing $1 for $2"
+      apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+    else
+      echo "no $1 and no root to install it: $2 cannot run" >&2
+    fi
+  fi
+}
 # The HTML report is tested in a real headless browser: Debian's chromium.
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing chromium for the browser test"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "no chromium and no root to install it: the browser test will be skipped"
-  fi
-fi
+need chromium "the browser test"
 # The TLS and SASL tests make their certificates with the openssl command.
-if ! command -v openssl >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing openssl for the TLS tests"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
-  else
-    echo "no openssl and no root to install it: the TLS tests will fail" >&2
-  fi
-fi
+need openssl "the TLS and SASL tests"
 trap 'scripts/test-broker.sh stop "$dir"' EXIT
 # A broker left over from an interrupted run is stopped; every run starts from an empty log.
 scripts/test-broker.sh stop "$dir"

@@ -140,6 +140,24 @@ pub async fn produce_records(broker: &str, records: Vec<tillbridge_core::log::Ou
     }
 }
 
+/// Produces the simulated fleet of `seed` (tillbridge::sim) to `config`'s topics as its tills
+/// and the promotion core would: coupon definitions and balances first, then the till events,
+/// all but the planted one past the broker's message size limit (a client cannot produce it;
+/// the embedded run dead-letters it as OVERSIZED).
+pub async fn produce_fleet(broker: &str, config: &tillbridge_core::config::Config, seed: u64) {
+    let fleet = tillbridge::sim::fleet(
+        seed,
+        &config.topics.till_events,
+        &config.topics.coupons,
+        &config.topics.loyalty_balances,
+    );
+    produce_records(broker, fleet.coupons).await;
+    produce_records(broker, fleet.balances).await;
+    let mut events = fleet.till_events;
+    events.retain(|r| r.payload.as_ref().is_none_or(|p| p.len() < 1_000_000));
+    produce_records(broker, events).await;
+}
+
 /// `stages` running in this process (`tillbridge::run`) until [`InProcess::stop`].
 #[derive(Debug)]
 pub struct InProcess {

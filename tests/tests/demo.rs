@@ -177,36 +177,34 @@ async fn html_report_renders_in_a_headless_browser() {
         "--disable-component-update",
         "--disable-sync",
     ];
-    let out = Command::new(chromium)
-        .args(common)
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", html.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dom = String::from_utf8_lossy(&out.stdout);
+    // Chromium on `page` with `args` besides the common ones: what it printed.
+    let browse = |args: &[String], page: &std::path::Path| -> String {
+        let out = Command::new(chromium)
+            .args(common)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(args)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = browse(&["--dump-dom".into()], &html);
     assert!(dom.contains("<svg"), "charts render");
     for needle in ["LE…2X", "POINTS_DEFICIT", "OVER_LIMIT", "S03"] {
         assert!(dom.contains(needle), "the rendered page shows {needle}");
     }
     let shot = dir.path().join("report.png");
-    let out = Command::new(chromium)
-        .args(common)
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg("--window-size=1280,2000")
-        .arg(format!("file://{}", html.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    browse(
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,2000".into(),
+        ],
+        &html,
     );
     let png = read(&shot);
     assert!(
@@ -235,20 +233,10 @@ async fn html_report_renders_in_a_headless_browser() {
         page.replacen("<head>", &format!("<head><script>{PROBE}</script>"), 1),
     )
     .unwrap();
-    let out = Command::new(chromium)
-        .args(common)
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--virtual-time-budget=10000")
-        .arg("--dump-dom")
-        .arg(format!("file://{}", probed.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let dom = browse(
+        &["--virtual-time-budget=10000".into(), "--dump-dom".into()],
+        &probed,
     );
-    let dom = String::from_utf8_lossy(&out.stdout);
     let json = dom
         .split_once("<pre id=\"probe-result\">")
         .and_then(|(_, rest)| rest.split_once("</pre>"))

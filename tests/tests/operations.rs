@@ -454,13 +454,8 @@ async fn report_beside_a_running_embedded_process_is_its_snapshot() {
     // Two snapshots at most are kept.
     let kept = std::fs::read_dir(&config.state.dir)
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("report-snapshot.")
-        })
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with("report-snapshot."))
         .count();
     assert!((1..=2).contains(&kept), "{kept} snapshots kept");
 }

@@ -339,18 +339,7 @@ async fn kafka_alerts_and_compensations_of_the_real_stages_decoded() {
     };
     let state = tempfile::tempdir().unwrap();
     let config = kit::config(&broker, state.path()).await;
-    let fleet = tillbridge::sim::fleet(
-        3,
-        &config.topics.till_events,
-        &config.topics.coupons,
-        &config.topics.loyalty_balances,
-    );
-    kit::produce_records(&broker, fleet.coupons).await;
-    kit::produce_records(&broker, fleet.balances).await;
-    let mut events = fleet.till_events;
-    // Past the broker's message size limit.
-    events.retain(|r| r.payload.as_ref().is_none_or(|p| p.len() < 1_000_000));
-    kit::produce_records(&broker, events).await;
+    kit::produce_fleet(&broker, &config, 3).await;
     let (b, topics) = (broker.clone(), config.topics.clone());
     kit::run_until(&config, tillbridge::Stages::ALL, move || {
         let n = |t: &str| kit::read_all(&b, t).len();
