@@ -7,7 +7,8 @@
 //!    waiting for each batch's acknowledgements before the next batch (the loop tillbridge's
 //!    stages run), and pipelined (up to 50,000 copies in flight, offsets stored as the
 //!    acknowledgements arrive, in order);
-//! 2. `tillbridge run --stages ingest` (decode, validate, dedup, route, facts);
+//! 2. `tillbridge run --stages ingest` (decode, validate, dedup, route, facts), with one ingest
+//!    task and with two (`ingest.tasks = 2`);
 //! 3. `tillbridge run` with every stage (ingest, the reconciler and fraud-guard).
 //!
 //! Each is timed from its start (the process start for tillbridge, so start-up is included) until
@@ -391,6 +392,29 @@ async fn main() {
         rate(ingest),
         ingest.as_secs_f64(),
         ratios(ingest)
+    );
+
+    // The same with two ingest tasks in the process (`ingest.tasks`), each a member of the group.
+    let mut tasks_config = fresh("ingest-tasks").await;
+    tasks_config.ingest.tasks = 2;
+    let (b, d, c) = (broker.clone(), dir.path().to_owned(), tasks_config.clone());
+    let tasks = tokio::task::spawn_blocking(move || {
+        tillbridge(
+            &b,
+            &c,
+            &d,
+            "ingest-tasks",
+            &["run", "--stages", "ingest"],
+            &[("ingest", vec![c.topics.till_events.clone()])],
+        )
+    })
+    .await
+    .unwrap();
+    println!(
+        "tillbridge run --stages ingest, 2 tasks: {:>4.0} events/s ({:.1} s)  {}",
+        rate(tasks),
+        tasks.as_secs_f64(),
+        ratios(tasks)
     );
 
     let all_config = fresh("all").await;

@@ -461,7 +461,14 @@ pub struct IngestConfig {
     /// same outputs.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// How many ingest tasks one process runs on Kafka, each a member of ingest's consumer group
+    /// with a state of its own (its partitions' share), so that one process uses several cores
+    /// as several processes would. 1 on the embedded log.
+    pub tasks: usize,
 }
+
+/// The most ingest tasks one process runs.
+pub const MAX_INGEST_TASKS: usize = 64;
 
 impl Default for IngestConfig {
     fn default() -> Self {
@@ -472,6 +479,7 @@ impl Default for IngestConfig {
             batch_size: 2000,
             batch_bytes: 16 * 1024 * 1024,
             commit_interval: Duration::from_millis(100),
+            tasks: 1,
         }
     }
 }
@@ -600,6 +608,17 @@ impl Config {
                     .into(),
             ));
         }
+        if !(1..=MAX_INGEST_TASKS).contains(&self.ingest.tasks) {
+            return Err(Error::Config(format!(
+                "ingest.tasks must be between 1 and {MAX_INGEST_TASKS}"
+            )));
+        }
+        if self.ingest.tasks > 1 && self.kafka.is_none() {
+            return Err(Error::Config(
+                "ingest.tasks above 1 needs [kafka] (the embedded log has one reader per stage)"
+                    .into(),
+            ));
+        }
         if self.ingest.max_payload_bytes == 0 {
             return Err(Error::Config(
                 "ingest.max_payload_bytes must be positive".into(),
@@ -630,5 +649,19 @@ mod tests {
         std::fs::write(&f, "[topics]\nsessions = \"till.events\"\n").unwrap();
         assert!(matches!(Config::load(Some(&f)), Err(Error::Config(_))));
         assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    #[test]
+    fn several_ingest_tasks_need_kafka() {
+        let mut c = Config::default();
+        c.ingest.tasks = 0;
+        assert!(matches!(c.validate(), Err(Error::Config(_))));
+        c.ingest.tasks = 2;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("needs [kafka]"), "{err}");
+        c.kafka = Some(KafkaConfig::new("127.0.0.1:9092"));
+        assert!(c.validate().is_ok());
+        c.ingest.tasks = MAX_INGEST_TASKS + 1;
+        assert!(matches!(c.validate(), Err(Error::Config(_))));
     }
 }

@@ -153,7 +153,11 @@ where
 {
     let span = tracing::info_span!("stage", stage = name);
     crate::health::starting(name);
+    // This run's share of the stage's lag gauge, taken back when it ends.
+    let mut lag_reported = 0i64;
+    let lag = &mut lag_reported;
     let result = async move {
+        let lag_reported = lag;
         let mut stats = StageStats::default();
         let mut open = Open::default();
         let mut progress = Progress::new();
@@ -223,9 +227,11 @@ where
                 .inc_by(batch.len() as u64);
             count_produced(name, &outputs);
             if let Some(lag) = source.lag() {
+                // Its own share: several tasks of one stage each add theirs.
                 crate::metrics::CONSUMER_LAG
                     .with_label_values(&[name, "all", "all"])
-                    .set(lag as i64);
+                    .add(lag as i64 - *lag_reported);
+                *lag_reported = lag as i64;
             }
             stats.records += batch.len() as u64;
             stats.batches += 1;
@@ -241,6 +247,9 @@ where
     }
     .instrument(span)
     .await;
+    crate::metrics::CONSUMER_LAG
+        .with_label_values(&[name, "all", "all"])
+        .sub(lag_reported);
     crate::health::stopped(name);
     result
 }

@@ -89,6 +89,21 @@ pub struct Ingest {
     /// Highest event time accepted (ms), the dedup window's reference.
     watermark_ms: Option<i64>,
     stats: Arc<IngestStats>,
+    /// What this state adds to the process's gauges (missing receipts, dedup index entries):
+    /// several ingest tasks each add their share, and take it back when dropped.
+    gauges: (i64, i64),
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let (gaps, index) = self.gauges;
+        metrics::TILL_SEQUENCE_GAPS
+            .with_label_values::<&str>(&[])
+            .sub(gaps);
+        metrics::DEDUP_INDEX_ENTRIES
+            .with_label_values::<&str>(&[])
+            .sub(index);
+    }
 }
 
 use sled::transaction::{ConflictableTransactionError, Transactional};
@@ -122,8 +137,13 @@ impl Ingest {
         }
         metrics::TILL_SEQUENCE_GAPS
             .with_label_values::<&str>(&[])
-            .set(missing);
+            .add(missing);
+        let index = dedup.len() as i64;
+        metrics::DEDUP_INDEX_ENTRIES
+            .with_label_values::<&str>(&[])
+            .add(index);
         Ok(Ingest {
+            gauges: (missing, index),
             router: Router::new(topics.clone()),
             sessions: store.tree("sessions")?,
             tills,
@@ -598,9 +618,11 @@ impl Processor for Ingest {
             })
             .map_err(|e| Error::State(format!("state transaction: {e:?}")))?;
         let expired = self.dedup.committed(&dedup);
+        let gap_delta = std::mem::take(&mut self.staged_gap_delta);
         metrics::TILL_SEQUENCE_GAPS
             .with_label_values::<&str>(&[])
-            .add(std::mem::take(&mut self.staged_gap_delta));
+            .add(gap_delta);
+        self.gauges.0 += gap_delta;
         self.store.flush().await?;
         let routed = std::mem::take(&mut self.staged_routed);
         if let Ok(mut total) = self.stats.routed.lock() {
@@ -614,9 +636,11 @@ impl Processor for Ingest {
         self.stats
             .dedup_index_size
             .store(self.dedup.len() as u64, Ordering::Relaxed);
+        let index = self.dedup.len() as i64;
         metrics::DEDUP_INDEX_ENTRIES
             .with_label_values::<&str>(&[])
-            .set(self.dedup.len() as i64);
+            .add(index - self.gauges.1);
+        self.gauges.1 = index;
         if expired > 0 {
             tracing::debug!(expired, "dedup entries expired");
         }

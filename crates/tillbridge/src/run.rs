@@ -256,26 +256,33 @@ pub async fn run(
             )
             .await?,
         );
-        let router = tillbridge_ingest::route::Router::with_rules(
-            config.topics.clone(),
-            router_rules(config)?.with_store_table(table),
-        );
-        let mut p =
-            Ingest::open(&state, config.topics.clone(), config.ingest.clone())?.with_router(router);
-        // On Kafka the state follows its partitions: mirrored to a changelog topic, restored
-        // from it by an instance that has none of a partition.
-        if let Transport::Kafka(k) = transport {
-            p = p.with_changelog(&tillbridge_core::log::changelog_topic(&k.group("ingest")))?;
+        // Several tasks on Kafka: members of one group, each with a state of its own (task 0's
+        // where a single task keeps it), restored from the changelog as another process's would.
+        for task in 0..config.ingest.tasks.max(1) {
+            let router = tillbridge_ingest::route::Router::with_rules(
+                config.topics.clone(),
+                router_rules(config)?.with_store_table(table.clone()),
+            );
+            let (dir, t) = match transport {
+                Transport::Kafka(k) if task > 0 => (
+                    state.join(format!("task-{task}")),
+                    Transport::Kafka(k.member(task)),
+                ),
+                _ => (state.clone(), transport.clone()),
+            };
+            let mut p = Ingest::open(&dir, config.topics.clone(), config.ingest.clone())?
+                .with_router(router);
+            // On Kafka the state follows its partitions: mirrored to a changelog topic, restored
+            // from it by an instance that has none of a partition.
+            if let Transport::Kafka(k) = transport {
+                p = p.with_changelog(&tillbridge_core::log::changelog_topic(&k.group("ingest")))?;
+            }
+            let (topics, stop) = (Ingest::input_topics(&config.topics), shutdown.clone());
+            tasks.spawn(async move {
+                let r = run_stage("ingest", &t, &topics, &mut p, limits, until, stop).await;
+                ("ingest", r)
+            });
         }
-        let (t, topics, stop) = (
-            transport.clone(),
-            Ingest::input_topics(&config.topics),
-            shutdown.clone(),
-        );
-        tasks.spawn(async move {
-            let r = run_stage("ingest", &t, &topics, &mut p, limits, until, stop.clone()).await;
-            ("ingest", r)
-        });
     }
     if stages.delivery {
         match delivery_config(config)? {

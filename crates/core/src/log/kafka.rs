@@ -70,6 +70,19 @@ impl KafkaLog {
         KafkaLog { config }
     }
 
+    /// The same cluster for the `task`-th of several members of one stage in this process: its
+    /// static membership id (`kafka.instance_id`), when there is one, gets `-{task}` added so
+    /// each member keeps its own. Task 0 is this log unchanged.
+    pub fn member(&self, task: usize) -> KafkaLog {
+        let mut config = self.config.clone();
+        if task > 0 {
+            if let Some(id) = &mut config.instance_id {
+                id.push_str(&format!("-{task}"));
+            }
+        }
+        KafkaLog { config }
+    }
+
     /// The consumer group of `stage`: `{group_prefix}.{stage}`.
     pub fn group(&self, stage: &str) -> String {
         format!("{}.{}", self.config.group_prefix, stage)
