@@ -119,13 +119,13 @@ impl Reconciler {
     }
 
     /// A reader of the committed cases for reports made while this reconciler runs (the state
-    /// stays this process's own; see [`crate::ReportReader`]).
+    /// stays this process's own; see [`crate::report::ReportReader`]).
     pub fn report_reader(
         &self,
         cfg: &ReconcilerConfig,
         fingerprint_key: &str,
-    ) -> crate::ReportReader {
-        crate::ReportReader {
+    ) -> crate::report::ReportReader {
+        crate::report::ReportReader {
             db: self.state.db(),
             cfg: cfg.clone(),
             fingerprint_key: fingerprint_key.to_owned(),

@@ -106,7 +106,7 @@ impl State {
     }
 
     /// A handle on the store for reading its committed cases beside the stage
-    /// ([`crate::ReportReader`]).
+    /// (`ReportReader` in the report module).
     pub(crate) fn db(&self) -> sled::Db {
         self.store.db().clone()
     }

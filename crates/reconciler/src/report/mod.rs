@@ -48,7 +48,7 @@ pub fn report(
 }
 
 /// Builds reports from the committed state of a reconciler that is running in this process
-/// ([`crate::Reconciler::report_reader`]): what `report` cannot open while the stage holds the
+/// (`Reconciler::report_reader`): what `report` cannot open while the stage holds the
 /// state, the running process can still read, for a snapshot.
 #[derive(Clone)]
 pub struct ReportReader {
