@@ -362,83 +362,53 @@ async fn main() {
         )
     };
 
-    // Each tillbridge run on topics of its own but the same input.
-    let fresh = |name: &'static str| {
-        let broker = broker.clone();
-        let dir = dir.path().to_owned();
-        let input = input.clone();
+    // Each tillbridge run on topics of its own but the same input: `stages` (the groups it
+    // waits on are those stages'), with `tasks` ingest tasks.
+    let time = |name: &'static str, label: &'static str, stages: &'static str, tasks: usize| {
+        let (broker, dir, input) = (broker.clone(), dir.path().to_owned(), input.clone());
         async move {
             let mut c = kit::config(&broker, &dir.join(name)).await;
             c.topics.till_events = input;
-            c
+            c.ingest.tasks = tasks;
+            let took = tokio::task::spawn_blocking(move || {
+                let mut groups = vec![("ingest", vec![c.topics.till_events.clone()])];
+                if stages.contains("reconciler") {
+                    groups.push(("fraud-guard", vec![c.topics.till_events.clone()]));
+                    groups.push(("reconciler", tillbridge_reconciler::input_topics(&c.topics)));
+                }
+                tillbridge(
+                    &broker,
+                    &c,
+                    &dir,
+                    name,
+                    &["run", "--stages", stages],
+                    &groups,
+                )
+            })
+            .await
+            .unwrap();
+            println!(
+                "{label:<40}{:>9.0} events/s ({:.1} s)  {}",
+                rate(took),
+                took.as_secs_f64(),
+                ratios(took)
+            );
         }
     };
-    let ingest_config = fresh("ingest").await;
-    let (b, d, c) = (broker.clone(), dir.path().to_owned(), ingest_config.clone());
-    let ingest = tokio::task::spawn_blocking(move || {
-        tillbridge(
-            &b,
-            &c,
-            &d,
-            "ingest",
-            &["run", "--stages", "ingest"],
-            &[("ingest", vec![c.topics.till_events.clone()])],
-        )
-    })
-    .await
-    .unwrap();
-    println!(
-        "tillbridge run --stages ingest:     {:>9.0} events/s ({:.1} s)  {}",
-        rate(ingest),
-        ingest.as_secs_f64(),
-        ratios(ingest)
-    );
-
-    // The same with two ingest tasks in the process (`ingest.tasks`), each a member of the group.
-    let mut tasks_config = fresh("ingest-tasks").await;
-    tasks_config.ingest.tasks = 2;
-    let (b, d, c) = (broker.clone(), dir.path().to_owned(), tasks_config.clone());
-    let tasks = tokio::task::spawn_blocking(move || {
-        tillbridge(
-            &b,
-            &c,
-            &d,
-            "ingest-tasks",
-            &["run", "--stages", "ingest"],
-            &[("ingest", vec![c.topics.till_events.clone()])],
-        )
-    })
-    .await
-    .unwrap();
-    println!(
-        "tillbridge run --stages ingest, 2 tasks: {:>4.0} events/s ({:.1} s)  {}",
-        rate(tasks),
-        tasks.as_secs_f64(),
-        ratios(tasks)
-    );
-
-    let all_config = fresh("all").await;
-    let (b, d, c) = (broker.clone(), dir.path().to_owned(), all_config.clone());
-    let all = tokio::task::spawn_blocking(move || {
-        tillbridge(
-            &b,
-            &c,
-            &d,
-            "all",
-            &["run", "--stages", "ingest,reconciler,fraud-guard"],
-            &[
-                ("ingest", vec![c.topics.till_events.clone()]),
-                ("fraud-guard", vec![c.topics.till_events.clone()]),
-                ("reconciler", tillbridge_reconciler::input_topics(&c.topics)),
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    println!(
-        "tillbridge run (every stage):       {:>9.0} events/s ({:.1} s)  {}",
-        rate(all),
-        all.as_secs_f64(),
-        ratios(all)
-    );
+    time("ingest", "tillbridge run --stages ingest:", "ingest", 1).await;
+    // Two ingest tasks in the process (`ingest.tasks`), each a member of the group.
+    time(
+        "ingest-tasks",
+        "tillbridge run --stages ingest, 2 tasks:",
+        "ingest",
+        2,
+    )
+    .await;
+    time(
+        "all",
+        "tillbridge run (every stage):",
+        "ingest,reconciler,fraud-guard",
+        1,
+    )
+    .await;
 }
