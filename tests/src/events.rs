@@ -213,6 +213,17 @@ pub fn conflicting(event: &pb::TillEvent, sent: &Sent) -> Sent {
 
 /// `n` distinct valid events over `tills` tills (half JSON, half protobuf) and their ids.
 pub fn good_events(n: usize, tills: usize, seed: u64) -> (Vec<Sent>, Vec<pb::TillEvent>) {
+    good_events_with(n, tills, seed, |_, sale| sale)
+}
+
+/// [`good_events`] with each sale (the `i`th) changed by `edit` before it is encoded: another
+/// store, a coupon.
+pub fn good_events_with(
+    n: usize,
+    tills: usize,
+    seed: u64,
+    mut edit: impl FnMut(usize, Sale) -> Sale,
+) -> (Vec<Sent>, Vec<pb::TillEvent>) {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     // Event times spread over n/10 seconds, all in the past (no CLOCK_SKEW).
     let now = chrono::Utc::now().timestamp() - (n as i64 / 10) - 3600;
@@ -234,6 +245,7 @@ pub fn good_events(n: usize, tills: usize, seed: u64) -> (Vec<Sent>, Vec<pb::Til
         .session(format!("R-{seed}-{i}"))
         .line(&format!("SKU-{}", rng.gen_range(0..1000)), 1, price)
         .total(price);
+        let sale = edit(i, sale);
         let ev = sale.proto();
         let (payload, content_type) = if i % 2 == 0 {
             (sale.json().into_bytes(), Some("application/json"))

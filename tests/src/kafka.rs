@@ -108,7 +108,14 @@ pub async fn produce(
 /// Produces records as they are (key, headers, record timestamp) and waits for every
 /// acknowledgement.
 pub async fn produce_records(broker: &str, records: Vec<tillbridge_core::log::OutRecord>) {
-    let producer = producer(broker);
+    produce_records_with(&producer(broker), &records).await;
+}
+
+/// [`produce_records`] with a producer of the caller's.
+pub async fn produce_records_with(
+    producer: &FutureProducer,
+    records: &[tillbridge_core::log::OutRecord],
+) {
     for chunk in records.chunks(2000) {
         let futures: Vec<_> = chunk
             .iter()

@@ -8,7 +8,7 @@ use prost::Message;
 
 use crate::events::Sale;
 use tillbridge::{Stages, Transport};
-use tillbridge_core::config::Config;
+use tillbridge_core::config::{Config, Topics};
 use tillbridge_core::log::{EmbeddedLog, OutRecord};
 use tillbridge_proto::pb;
 use tokio_util::sync::CancellationToken;
@@ -296,6 +296,57 @@ pub fn outcome(config: &Config, log: &EmbeddedLog, dir: &Path) -> Outcome {
         payloads(&config.topics.alerts),
         std::fs::read(out.join("report.json")).unwrap(),
     )
+}
+
+/// The outcome on Kafka: the compensations and alerts on `config`'s topics, with `report` (a
+/// report written from the topics, or while the stages run, the reference's).
+pub fn kafka_outcome(broker: &str, config: &Config, report: Vec<u8>) -> Outcome {
+    let payloads = |topic: &str| -> Vec<Vec<u8>> {
+        crate::kafka::read_all(broker, topic)
+            .into_iter()
+            .map(|g| g.payload)
+            .collect()
+    };
+    Outcome::new(
+        payloads(&config.topics.compensations),
+        payloads(&config.topics.alerts),
+        report,
+    )
+}
+
+/// The deployment's report.json, as an analyst makes it: `tillbridge report` from the topics,
+/// in a process of its own, into `out`.
+pub fn report_from_topics(config: &Config, out: &Path) -> Vec<u8> {
+    let (ok, stdout, stderr) = crate::process::output(
+        crate::process::with_config(config)
+            .args(["report", "--out"])
+            .arg(out),
+    );
+    assert!(ok, "{stdout}{stderr}");
+    std::fs::read(out.join("report.json")).unwrap()
+}
+
+/// A single-instance reference over `records` on `topics`: every record appended at once to an
+/// embedded log, then processed by every stage. Its outcome, and the ids of the events it
+/// accepted (on `promo.sessions`).
+pub async fn reference(topics: &Topics, records: Vec<OutRecord>) -> (Outcome, BTreeSet<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), Config::default().ingest.batch_size);
+    config.topics = topics.clone();
+    let transport = Transport::from_config(&config).unwrap();
+    let Transport::Embedded(log) = &transport else {
+        unreachable!()
+    };
+    log.append(records).await.unwrap();
+    run_all(&config, &transport).await;
+    let accepted = log
+        .read_all(&config.topics.sessions)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.payload)
+        .map(|p| pb::TillEvent::decode(p.as_slice()).unwrap().event_id)
+        .collect();
+    (outcome(&config, log, dir.path()), accepted)
 }
 
 /// A backlog: everything appended at once, then processed with `batch_size`; optionally every stage's state wiped and rebuilt at the end.

@@ -11,26 +11,13 @@
 use std::time::Duration;
 
 use kit::process::Instance;
-use kit::same_answers::{backlog, in_sync_order, records, wipe, Outcome, FINGERPRINT_KEY};
+use kit::same_answers::{
+    backlog, in_sync_order, kafka_outcome, records, report_from_topics, wipe, Outcome,
+    FINGERPRINT_KEY,
+};
 use tillbridge::{Stages, Transport};
 use tillbridge_core::config::Config;
 use tokio_util::sync::CancellationToken;
-
-/// The outcome on the broker with `report` (written once no stage holds the state; while the
-/// stages run, the reference's stands in).
-fn kafka_outcome(broker: &str, config: &Config, report: Vec<u8>) -> Outcome {
-    let payloads = |topic: &str| -> Vec<Vec<u8>> {
-        kit::read_all(broker, topic)
-            .into_iter()
-            .map(|g| g.payload)
-            .collect()
-    };
-    Outcome::new(
-        payloads(&config.topics.compensations),
-        payloads(&config.topics.alerts),
-        report,
-    )
-}
 
 fn report(config: &Config, dir: &std::path::Path) -> Vec<u8> {
     tillbridge::write_report(config, dir).unwrap();
@@ -251,17 +238,10 @@ async fn several_instances_give_the_single_instance_answers() {
         i.stop();
     }
     // The deployment's report, as an analyst makes it: from the topics, on another machine.
-    let out = dir.path().join("report");
-    let (ok, stdout, stderr) = kit::process::output(
-        kit::process::with_config(&config)
-            .args(["report", "--out"])
-            .arg(&out),
-    );
-    assert!(ok, "{stdout}{stderr}");
     let got = kafka_outcome(
         &broker,
         &config,
-        std::fs::read(out.join("report.json")).unwrap(),
+        report_from_topics(&config, &dir.path().join("report")),
     );
     if let Err(e) = got.compare(&reference) {
         panic!("three instances on Kafka, two SIGKILLs, one wipe: {e}");

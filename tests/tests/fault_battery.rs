@@ -1,9 +1,13 @@
 //! The fault battery (issue: scale out on Kafka), on the Apache Kafka broker the test scripts
-//! start: ingest instances join and leave one consumer group, or are SIGKILLed and restarted,
-//! or run while a broker of the scenario's own is SIGKILLed and restarted, while a backlog of till events (with 5% resends and 1% conflicting resends) is consumed and
-//! more is produced. A checker compares the input with `promo.sessions` and prints lost,
-//! duplicated (by deterministic id), conflicting (one id, two contents), conflicting resends
-//! accepted and out-of-order counts.
+//! start: `tillbridge run` instances (every stage) join and leave the consumer groups, or are
+//! SIGKILLed and restarted, or have their state wiped, or run while a broker of the scenario's
+//! own is SIGKILLed and restarted, while a backlog is consumed and more is produced: the
+//! determinism harness's fleet (planted cases of every kind) and generated till events (coupons
+//! redeemed past their limits, 5% resends, 1% conflicting resends). A checker compares the ids
+//! a single-instance reference run accepted with `promo.sessions` and prints lost, duplicated
+//! (by deterministic id), conflicting (one id, two contents), conflicting resends accepted,
+//! unexpected and out-of-order counts; then the compensations, alerts and report (from the
+//! topics, as `tillbridge report` makes it) must equal the reference's.
 //!
 //! The short variant runs in CI. The full one (1,000,000 events, 20 kills):
 //! `BATTERY_EVENTS=1000000 BATTERY_KILLS=20 scripts/test.sh -p tillbridge-tests --test fault_battery -- --nocapture`.
@@ -11,14 +15,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kit::events::{good_events, Sent};
+use kit::events::{good_events_with, Sale};
 use kit::process::{Instance, OwnBroker};
+use kit::same_answers::{
+    in_sync_order, kafka_outcome, records, reference, report_from_topics, Outcome, FINGERPRINT_KEY,
+};
 use kit::IdWatch;
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use tillbridge_core::config::Config;
+use tillbridge_core::log::OutRecord;
 use tillbridge_proto::pb;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -31,19 +40,71 @@ fn env_or(name: &str, default: usize) -> usize {
 /// The cashier of every conflicting resend: an original never has it.
 const CONFLICT_CASHIER: &str = "CONFLICTING-RESEND";
 
-/// `n` distinct events and, spread among them, resends of 5% of them (the same bytes, as a till
-/// resends what it is unsure was received) and conflicting resends of 1% (the same id with other
-/// content, long after the original, so that its partition has likely moved between the two);
-/// returned in production order with the originals.
-fn workload(n: usize, seed: u64) -> (Vec<Sent>, Vec<pb::TillEvent>) {
-    let (sent, events) = good_events(n, 48, seed);
+/// What a scenario produces, in production order, and the generated events among it.
+struct Workload {
+    records: Vec<OutRecord>,
+    generated: Vec<pb::TillEvent>,
+}
+
+/// The determinism harness's fleet (its planted cases), then coupon definitions and `n` distinct
+/// generated events on tills of their own (1 in 50 redeems one of `n / 5000` coupons of 10 uses
+/// each, so most redemptions are past the limit) and, spread among them, resends of 5% of them
+/// (the same bytes, as a till resends what it is unsure was received) and conflicting resends of
+/// 1% (the same id with other content, long after the original, so that its partition has
+/// likely moved between the two). Every record carries its record time (its sync time), so the
+/// reference reads the same records.
+fn workload(config: &Config, n: usize, seed: u64) -> Workload {
+    let coupons = (n / 5000).max(4);
+    let code = |k: usize| format!("BATTERY-{k}");
+    let (sent, events) = good_events_with(n, 48, seed, |i, sale| {
+        let sale = Sale {
+            store: format!("B{}", &sale.store[1..]),
+            ..sale
+        };
+        if i % 50 != 7 {
+            return sale;
+        }
+        let price = sale.lines[0].2;
+        sale.coupon(&code(i / 50 % coupons), 50).total(price - 50)
+    });
+    // Synced a second after it happened.
+    let synced = |e: &pb::TillEvent| {
+        let t = e.occurred_at.as_ref().unwrap();
+        t.seconds * 1000 + i64::from(t.nanos) / 1_000_000 + 1000
+    };
+    let record = |key: &str, payload: Vec<u8>, json: bool, ts: i64| {
+        let r = OutRecord::new(&config.topics.till_events, key, payload).with_timestamp(Some(ts));
+        if json {
+            r.with_header("content-type", "application/json")
+        } else {
+            r
+        }
+    };
+    let mut all = in_sync_order(records(config));
+    all.extend((0..coupons).map(|k| {
+        let definition = format!(r#"{{"code":"{}","usageLimit":10}}"#, code(k));
+        OutRecord::new(&config.topics.coupons, code(k), definition.into_bytes())
+            .with_header("content-type", "application/json")
+            .with_timestamp(Some(synced(&events[0]) - 1000))
+    }));
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let mut all = Vec::with_capacity(n + n / 16);
     for (i, s) in sent.iter().enumerate() {
-        all.push(s.clone());
+        let ts = synced(&events[i]);
+        all.push(record(
+            &s.key,
+            s.payload.clone(),
+            s.content_type.is_some(),
+            ts,
+        ));
         if i >= 100 && rng.gen_ratio(1, 20) {
             // A resend of an event produced a little earlier, on its own till's key.
-            all.push(sent[rng.gen_range(i - 100..i)].clone());
+            let r = &sent[rng.gen_range(i - 100..i)];
+            all.push(record(
+                &r.key,
+                r.payload.clone(),
+                r.content_type.is_some(),
+                ts,
+            ));
         }
         if i >= n / 10 && rng.gen_ratio(1, 100) {
             // The same id with another cashier, on the original's key (so after it in its
@@ -51,23 +112,22 @@ fn workload(n: usize, seed: u64) -> (Vec<Sent>, Vec<pb::TillEvent>) {
             let j = rng.gen_range(i - n / 10..i);
             let mut changed = events[j].clone();
             changed.cashier_id = Some(CONFLICT_CASHIER.into());
-            all.push(Sent {
-                key: sent[j].key.clone(),
-                payload: changed.encode_to_vec(),
-                content_type: None,
-            });
+            all.push(record(&sent[j].key, changed.encode_to_vec(), false, ts));
         }
     }
-    (all, events)
+    Workload {
+        records: all,
+        generated: events,
+    }
 }
 
-/// An instance of `tillbridge run --stages ingest` with a state directory of its own.
-fn ingest_instance(config: &Config, base: &std::path::Path, k: usize) -> Instance {
+/// An instance of `tillbridge run` (every stage) with a state directory of its own.
+fn instance(config: &Config, base: &Path, k: usize) -> Instance {
     Instance::new(
         config,
         base,
         &format!("instance-{k}"),
-        &["run", "--stages", "ingest"],
+        &["run"],
         "info,tillbridge_ingest=warn",
     )
 }
@@ -123,6 +183,8 @@ struct Figures {
     conflicting: usize,
     /// Conflicting resends that reached `promo.sessions` (each should be a dead letter).
     conflicts_accepted: usize,
+    /// Ids the reference did not accept.
+    unexpected: usize,
     out_of_order: usize,
 }
 
@@ -139,10 +201,11 @@ impl Watch {
         });
     }
 
-    /// The checker: every input id once or more, every copy identical, and the events of one
-    /// till in their till order on each output partition (first copies; a replay after a move
-    /// may repeat earlier ones).
-    fn figures(&self, events: &[pb::TillEvent]) -> Figures {
+    /// The checker: every id the reference accepted once or more and no other, every copy
+    /// identical, and the generated events of one till in their till order on each output
+    /// partition (first copies; a replay after a move may repeat earlier ones).
+    fn figures(&self, accepted: &BTreeSet<String>, generated: &[pb::TillEvent]) -> Figures {
+        let generated: BTreeSet<&str> = generated.iter().map(|e| e.event_id.as_str()).collect();
         let mut copies: BTreeMap<String, BTreeSet<&[u8]>> = BTreeMap::new();
         let mut count: BTreeMap<String, usize> = BTreeMap::new();
         let mut last_seq: BTreeMap<(i32, String), u64> = BTreeMap::new();
@@ -161,7 +224,7 @@ impl Watch {
             if ev.cashier_id.as_deref() == Some(CONFLICT_CASHIER) {
                 f.conflicts_accepted += 1;
             }
-            if first.insert(ev.event_id.clone()) {
+            if first.insert(ev.event_id.clone()) && generated.contains(ev.event_id.as_str()) {
                 let till = format!("{}/{}", ev.store_id, ev.till_id);
                 let last = last_seq.entry((g.partition, till)).or_insert(0);
                 if ev.till_seq < *last {
@@ -170,51 +233,90 @@ impl Watch {
                 *last = (*last).max(ev.till_seq);
             }
         }
-        f.lost = events
+        f.lost = accepted
             .iter()
-            .filter(|e| !copies.contains_key(&e.event_id))
+            .filter(|id| !copies.contains_key(*id))
             .count();
+        f.unexpected = copies.keys().filter(|id| !accepted.contains(*id)).count();
         f.duplicated = count.values().filter(|c| **c > 1).count();
         f.conflicting = copies.values().filter(|c| c.len() > 1).count();
         f
     }
 }
 
-/// Produces the first `before` records of `sent` now and returns a task producing the rest in
-/// the background (the run goes on while instances come and go).
+/// Produces the first `before` records now and returns a task producing the rest in the
+/// background (the run goes on while instances come and go).
 async fn produce_during(
     broker: &str,
-    config: &Config,
-    sent: Vec<Sent>,
+    records: Vec<OutRecord>,
     before: usize,
 ) -> tokio::task::JoinHandle<()> {
     let producer = kit::producer(broker);
-    kit::produce_sent(&producer, &config.topics.till_events, &sent[..before]).await;
-    let topic = config.topics.till_events.clone();
+    kit::produce_records_with(&producer, &records[..before]).await;
     tokio::spawn(async move {
-        for chunk in sent[before..].chunks(2000) {
-            kit::produce_sent(&producer, &topic, chunk).await;
+        for chunk in records[before..].chunks(2000) {
+            kit::produce_records_with(&producer, chunk).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
 }
 
-fn report(name: &str, f: &Figures, started: Instant) {
+/// Waits until the compensations and alerts on the topics are the reference's (the stages
+/// downstream of ingest may still be at work when every event is out), checking that every
+/// running instance is alive; panics with what still differs after 300 s and a second per
+/// 2,000 events.
+fn settle(broker: &str, config: &Config, reference: &Outcome, instances: &mut [Instance]) {
+    let limit = Duration::from_secs(300 + env_or("BATTERY_EVENTS", 20_000) as u64 / 2000);
+    let start = Instant::now();
+    while let Err(differs) =
+        kafka_outcome(broker, config, reference.report.clone()).compare(reference)
+    {
+        assert!(start.elapsed() < limit, "after {limit:?}: {differs}");
+        for i in instances.iter_mut() {
+            i.running();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn check(
+    name: &str,
+    f: &Figures,
+    downstream: Result<(), String>,
+    reference: &Outcome,
+    started: Instant,
+) {
     println!(
         "{name}: {} records on promo.sessions in {:.1} s; lost {}, duplicated (same id) {}, \
-         conflicting {}, conflicting resends accepted {}, out of order {}",
+         conflicting {}, conflicting resends accepted {}, unexpected {}, out of order {}",
         f.records,
         started.elapsed().as_secs_f64(),
         f.lost,
         f.duplicated,
         f.conflicting,
         f.conflicts_accepted,
+        f.unexpected,
         f.out_of_order
     );
     assert_eq!(
-        (f.lost, f.conflicting, f.conflicts_accepted, f.out_of_order),
-        (0, 0, 0, 0),
+        (
+            f.lost,
+            f.conflicting,
+            f.conflicts_accepted,
+            f.unexpected,
+            f.out_of_order
+        ),
+        (0, 0, 0, 0, 0),
         "{name}: {f:?}"
+    );
+    if let Err(e) = downstream {
+        panic!("{name}: differs from the single-instance reference: {e}");
+    }
+    println!(
+        "{name}: {} outstanding compensations, {} alerts, report.json: no difference from the \
+         single-instance reference",
+        reference.outstanding.len(),
+        reference.alerts.len()
     );
 }
 
@@ -228,9 +330,10 @@ enum Broker {
     Own,
 }
 
-/// One scenario: `instances` ingest instances over a fresh set of topics (tuned by `tune`), the
+/// One scenario: `instances` instances over a fresh set of topics (tuned by `tune`), the
 /// workload of `seed` produced before and (on the shared broker) during `script`, which starts,
-/// stops and kills instances (and its own broker) as the output grows; then every instance is
+/// stops and kills instances (and its own broker) as the output grows (its first argument is
+/// how many distinct events will be out); then the downstream stages settle, every instance is
 /// stopped and the checker runs.
 async fn battery(
     name: &'static str,
@@ -245,25 +348,31 @@ async fn battery(
     };
     let n = env_or("BATTERY_EVENTS", 20_000);
     let base = tempfile::tempdir().unwrap();
-    let own = (on == Broker::Own).then(|| OwnBroker::start(&base.path().join("broker")));
+    let dir = base.path().to_owned();
+    let own = (on == Broker::Own).then(|| OwnBroker::start(&dir.join("broker")));
     let broker = own.as_ref().map_or(shared, |b| b.address.clone());
-    let mut config = kit::config(&broker, &base.path().join("state")).await;
+    let mut config = kit::config(&broker, &dir.join("state")).await;
+    config.fingerprint.key = FINGERPRINT_KEY.into();
     tune(&mut config);
-    let (sent, events) = workload(n, seed);
+    let Workload { records, generated } = workload(&config, n, seed);
+    let (reference, accepted) = reference(&config.topics, records.clone()).await;
+    assert!(
+        reference.outstanding.len() > 10 && reference.rules().len() >= 4,
+        "the reference has compensations and alerts of several rules"
+    );
     let started = Instant::now();
     let before = if own.is_some() {
-        sent.len()
+        records.len()
     } else {
-        sent.len() / 2
+        records.len() / 2
     };
-    let producing = produce_during(&broker, &config, sent, before).await;
-    let mut instances: Vec<Instance> = (0..instances)
-        .map(|k| ingest_instance(&config, base.path(), k))
-        .collect();
-    let figures = tokio::task::spawn_blocking(move || {
+    let producing = produce_during(&broker, records, before).await;
+    let mut instances: Vec<Instance> = (0..instances).map(|k| instance(&config, &dir, k)).collect();
+    let (figures, downstream, reference) = tokio::task::spawn_blocking(move || {
         let mut watch = Watch(IdWatch::new(&broker, &config.topics.sessions));
-        script(n, &mut watch, &mut instances, own.as_ref());
-        watch.until(n, &mut instances);
+        script(accepted.len(), &mut watch, &mut instances, own.as_ref());
+        watch.until(accepted.len(), &mut instances);
+        settle(&broker, &config, &reference, &mut instances);
         // What a late replay could still add.
         watch.0.poll(Duration::from_secs(2));
         for i in instances.iter_mut() {
@@ -285,12 +394,14 @@ async fn battery(
                 rates.join(", ")
             );
         }
-        watch.figures(&events)
+        let report = report_from_topics(&config, &dir.join("report"));
+        let downstream = kafka_outcome(&broker, &config, report).compare(&reference);
+        (watch.figures(&accepted, &generated), downstream, reference)
     })
     .await
     .unwrap();
     producing.await.unwrap();
-    report(name, &figures, started);
+    check(name, &figures, downstream, &reference, started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
