@@ -83,9 +83,24 @@ impl Reconciler {
     }
 
     /// Whether the state must be restored from the topics before the stage runs: it is new or
-    /// was rebuilt, or a restore began and did not finish. See [`Reconciler::begin_restore`].
+    /// was rebuilt, a restore began and did not finish, or the last process to hold it died
+    /// without closing it (it may have sent compensations its committed state does not know
+    /// of). See [`Reconciler::begin_restore`].
     pub fn needs_restore(&self) -> Result<bool, Error> {
-        Ok(self.state.fresh() || self.state.restore_pending()?)
+        Ok(self.state.fresh() || self.state.unclean() || self.state.restore_pending()?)
+    }
+
+    /// Whether the last process to hold the state died without closing it (see
+    /// [`Reconciler::close`]).
+    pub fn unclean(&self) -> bool {
+        self.state.unclean()
+    }
+
+    /// Closes the state after the stage stopped: cleanly (the next start trusts what the state
+    /// says it emitted) only when everything processed was committed; otherwise the next start
+    /// restores. Whether it closed cleanly.
+    pub async fn close(&mut self) -> Result<bool, Error> {
+        self.state.close().await
     }
 
     /// Starts a restore: `emitted` are the records of the compensations topic (what an earlier
@@ -100,21 +115,25 @@ impl Reconciler {
     /// Ends a restore: judges every ledger once against what was emitted before and returns only
     /// the difference (actions still due are adopted with their ids, those no longer due are
     /// retracted, new ones issued). The caller sends the outputs, then commits.
+    ///
+    /// What the ledgers say they issued is dropped first: the topic, not a state that may have
+    /// died between sending and committing, says what went out.
     pub fn finish_restore(&mut self) -> Result<Vec<OutRecord>, Error> {
         self.restoring = false;
         let mut out = Vec::new();
         let mut coupons: BTreeMap<String, CouponState> = BTreeMap::new();
         let mut profiles: BTreeMap<String, ProfileState> = BTreeMap::new();
         for code in self.state.ledger_keys::<CouponState>() {
-            self.state.ledger(&mut coupons, &code)?;
+            self.state.ledger(&mut coupons, &code)?.compensations = Default::default();
         }
         for profile in self.state.ledger_keys::<ProfileState>() {
-            self.state.ledger(&mut profiles, &profile)?;
+            self.state.ledger(&mut profiles, &profile)?.compensations = Default::default();
         }
         self.settler
             .settle_ledgers(&mut self.state, coupons, profiles, &mut out)?;
         self.settler.forget();
         self.state.set_restore_pending(false);
+        self.state.set_restored();
         Ok(out)
     }
 

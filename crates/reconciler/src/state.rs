@@ -24,6 +24,9 @@ const PREFIX_PROFILE: &str = "pro/";
 const PREFIX_CASE: &str = "case/";
 /// Present while a restore has begun and not finished (it survives a crash in between).
 const RESTORE_MARKER: &[u8] = b"restore/pending";
+/// Present while a process has the state open: written at open, removed by a clean close. Found
+/// at open, it says the last process died with outputs possibly sent beyond its last commit.
+const OPEN_MARKER: &[u8] = b"life/open";
 
 fn decode_json<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(bytes).map_err(|e| Error::corrupt(what, e))
@@ -83,16 +86,54 @@ pub(crate) struct State {
     store: StateStore,
     /// State changes of processed batches not yet committed: key to new value (`None` deletes).
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Whether the last process to hold this (existing) state did not close it cleanly.
+    unclean: bool,
 }
 
 impl State {
     /// Opens (or creates) the state in `dir`. `StateStore::open` waits for a closing handle's
     /// lock, and never takes a held lock for damage.
+    /// The open marker is made durable before anything else happens, so that a process killed
+    /// at any later point leaves it behind (see [`State::unclean`]).
     pub(crate) fn open(dir: &Path) -> Result<State, Error> {
+        let store = StateStore::open(dir, FORMAT)?;
+        let db = store.db();
+        let unclean = !store.fresh() && db.contains_key(OPEN_MARKER).map_err(|e| store.err(e))?;
+        db.insert(OPEN_MARKER, &[])
+            .and_then(|_| db.flush())
+            .map_err(|e| store.err(e))?;
         Ok(State {
-            store: StateStore::open(dir, FORMAT)?,
+            store,
             staged: BTreeMap::new(),
+            unclean,
         })
+    }
+
+    /// Whether the process that held the state before this one died without closing it: its
+    /// last outputs may have gone out after its last commit, so the state may not know of
+    /// compensations it issued.
+    pub(crate) fn unclean(&self) -> bool {
+        self.unclean
+    }
+
+    /// Records that a restore brought the state up to the topics (see [`State::unclean`]).
+    pub(crate) fn set_restored(&mut self) {
+        self.unclean = false;
+    }
+
+    /// Closes the state cleanly when every change is committed (nothing was processed, and so
+    /// nothing sent, since the last commit) and it was not found unclean without being restored
+    /// since; otherwise leaves it marked unclean. Whether it was closed cleanly.
+    pub(crate) async fn close(&mut self) -> Result<bool, Error> {
+        if self.unclean || !self.staged.is_empty() {
+            return Ok(false);
+        }
+        self.store
+            .db()
+            .remove(OPEN_MARKER)
+            .map_err(|e| self.store.err(e))?;
+        self.store.flush().await?;
+        Ok(true)
     }
 
     /// Whether the store was created empty by this opening.

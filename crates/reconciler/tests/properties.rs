@@ -383,6 +383,24 @@ proptest! {
         actions.extend(h.actions.iter().cloned());
         prop_assert_eq!(&h.outstanding_set(), &outstanding_live, "wiped after {} records", wipe_at);
         prop_assert_eq!(&h.close_and_report().to_json().expect("json"), &report_live);
+        // Live again, killed at the same point after sending the outputs of up to three batches
+        // it had not committed, then restarted on its intact state.
+        let mut h = Harness::new();
+        let unsent = 1 + seed as usize % 3;
+        let mut i = 0;
+        while i < live.len() {
+            if i == wipe_at {
+                let end = (i + unsent).min(live.len());
+                h.kill_after_sending(&live[i..end]);
+                i = end;
+                continue;
+            }
+            h.feed(&live[i]);
+            i += 1;
+        }
+        actions.extend(h.actions.iter().cloned());
+        prop_assert_eq!(&h.outstanding_set(), &outstanding_live, "killed after {} records", wipe_at);
+        prop_assert_eq!(&h.close_and_report().to_json().expect("json"), &report_live);
         // A backlog: everything at once; and a random arrival with duplicates and batches.
         for batches in [vec![all.clone()], arrival(all.clone(), seed)] {
             let mut h = Harness::new();

@@ -70,6 +70,42 @@ fn an_uncommitted_batch_is_reprocessed_with_the_same_ids() {
 }
 
 #[test]
+fn only_a_state_closed_with_everything_committed_is_trusted_at_the_next_start() {
+    let needs_restore = |h: &Harness| h.rec.as_ref().unwrap().needs_restore().unwrap();
+    let mut h = Harness::new();
+    h.feed(&inputs());
+    // Stopped with everything committed: closed cleanly, trusted.
+    h.reopen();
+    assert!(!needs_restore(&h));
+    // Stopped with a batch processed (its outputs possibly sent) but not committed.
+    let more = h.records(&[Input::Redemption(redeem(5, CODE, "store-c", 40, 100))]);
+    let rec = h.rec.as_mut().unwrap();
+    assert!(!rec.process(&more).unwrap().is_empty());
+    assert!(
+        !block_on(rec.close()).unwrap(),
+        "closed with work not committed"
+    );
+    h.rec = None;
+    h.rec = Some(
+        tillbridge_reconciler::Reconciler::open(&h.state_dir(), &h.topics, &h.cfg, KEY).unwrap(),
+    );
+    assert!(needs_restore(&h));
+    // Stopped again before restoring: still not to be trusted.
+    h.reopen();
+    assert!(needs_restore(&h));
+    // Restored, then stopped: trusted.
+    h.kill_after_sending(&[]);
+    h.reopen();
+    assert!(!needs_restore(&h));
+    // Killed (never closed), even with everything committed.
+    h.rec = None;
+    h.rec = Some(
+        tillbridge_reconciler::Reconciler::open(&h.state_dir(), &h.topics, &h.cfg, KEY).unwrap(),
+    );
+    assert!(needs_restore(&h));
+}
+
+#[test]
 fn a_wiped_state_rebuilt_from_the_topics_gives_the_same_report() {
     let mut h = Harness::new();
     h.feed(&inputs());

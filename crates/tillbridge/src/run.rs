@@ -328,6 +328,19 @@ pub async fn run(
                 Ok(()) => run_stage("reconciler", &t, &topics, &mut p, limits, until, stop).await,
                 Err(e) => Err(e),
             };
+            // Only a stage that stopped with everything it sent committed closes its state
+            // cleanly; otherwise the next start restores (see `Reconciler::close`).
+            let r = match r {
+                Ok(stats) => match p.close().await {
+                    Ok(true) => Ok(stats),
+                    Ok(false) => {
+                        tracing::warn!("reconciler stopped with work not committed or a restore not finished; its next start restores from the topics");
+                        Ok(stats)
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
+            };
             ("reconciler", r)
         });
     }

@@ -1,6 +1,8 @@
 //! Tables read whole before a stage starts (the coupon catalog, the store table), the
 //! reconciler's restore, and the store table followed while ingest runs.
 
+use std::collections::BTreeMap;
+
 use tillbridge_core::log::{BatchLimits, OutRecord, Record, Sink, Source};
 use tillbridge_core::stage::{self, Processor, StageStats, Until};
 use tillbridge_reconciler::Reconciler;
@@ -8,14 +10,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::transport::{read_to_end, TableReader, Transport, POLL_WAIT};
 
-/// Reads the compacted `tables` from their beginning up to their end at start through
-/// `processor`, making each batch's outputs and state durable, before the stage's own loop
-/// starts: the stage then judges its facts against the whole table, whatever their order on the
-/// topics. The processor records the offsets it applied, so its own loop skips them later.
+/// Reads the compacted `tables` from their beginning (or, on Kafka, from the next offsets in
+/// `from`) up to their end at start through `processor`, making each batch's outputs and state
+/// durable, before the stage's own loop starts: the stage then judges its facts against the whole
+/// table, whatever their order on the topics. The processor records the offsets it applied, so
+/// its own loop skips them later.
 pub async fn preload<P>(
     name: &'static str,
     transport: &Transport,
     tables: &[String],
+    from: &BTreeMap<(String, i32), i64>,
     processor: &mut P,
     limits: BatchLimits,
     shutdown: CancellationToken,
@@ -39,7 +43,7 @@ where
             .inc_by(batch.len() as u64);
         Ok(())
     }
-    let mut reader = TableReader::new(transport, &format!("{name}.preload"), tables)?;
+    let mut reader = TableReader::resuming(transport, &format!("{name}.preload"), tables, from)?;
     let (embedded_sink, kafka_sink) = match transport {
         Transport::Embedded(log) => (Some(log.sink()), None),
         Transport::Kafka(k) => (None, Some(k.sink()?)),
@@ -86,6 +90,7 @@ pub(crate) async fn restore_reconciler(
             "reconciler",
             transport,
             &Reconciler::table_topics(topics),
+            &BTreeMap::new(),
             p,
             limits,
             shutdown,
@@ -127,16 +132,29 @@ pub(crate) async fn replay_reconciler(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Vec<OutRecord>>> {
     let emitted = read_to_end(transport, &topics.compensations, limits, shutdown).await?;
-    tracing::info!(
-        compensations = emitted.len(),
-        "reconciler state is new: learning what was emitted, then replaying its inputs"
-    );
+    // What the state holds already (an intact state that was not closed cleanly, or a restore
+    // stopped half-way) is not read again.
+    let from = p.positions()?;
+    if p.fresh_state() {
+        tracing::info!(
+            compensations = emitted.len(),
+            "reconciler state is new: learning what was emitted, then replaying its inputs"
+        );
+    } else {
+        tracing::warn!(
+            compensations = emitted.len(),
+            unclean = p.unclean(),
+            "reconciler state was not closed cleanly or its restore did not finish: learning what \
+             was emitted, then reading its inputs on from its positions"
+        );
+    }
     p.begin_restore(&emitted);
     let inputs = Reconciler::input_topics(topics);
     let replayed = preload(
         "reconciler",
         transport,
         &inputs,
+        &from,
         p,
         limits,
         shutdown.clone(),
@@ -190,6 +208,7 @@ pub(crate) async fn follow_store_table(
         "stores",
         transport,
         std::slice::from_ref(&topic),
+        &BTreeMap::new(),
         &mut follower,
         limits,
         stop.clone(),

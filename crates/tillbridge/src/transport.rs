@@ -74,6 +74,17 @@ impl TableReader {
         reader: &str,
         topics: &[String],
     ) -> anyhow::Result<Self> {
+        Self::resuming(transport, reader, topics, &BTreeMap::new())
+    }
+
+    /// A reader that resumes each partition named in `from` (topic and partition to the next
+    /// offset) on Kafka; the embedded log reads from the beginning.
+    pub(crate) fn resuming(
+        transport: &Transport,
+        reader: &str,
+        topics: &[String],
+        from: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<Self> {
         Ok(match transport {
             Transport::Embedded(log) => {
                 let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -82,7 +93,14 @@ impl TableReader {
             Transport::Kafka(k) => TableReader::Kafka {
                 topics: topics
                     .iter()
-                    .map(|t| k.table_source(t))
+                    .map(|t| {
+                        let from = from
+                            .iter()
+                            .filter(|((topic, _), _)| topic == t)
+                            .map(|((_, p), o)| (*p, *o))
+                            .collect();
+                        k.table_source_from(t, &from)
+                    })
                     .collect::<Result<_, _>>()?,
                 next: BTreeMap::new(),
             },

@@ -218,6 +218,16 @@ impl KafkaLog {
     /// process reads a whole table topic such as the store table), with the partitions' high
     /// watermarks at start, so the caller can tell when it has caught up.
     pub fn table_source(&self, topic: &str) -> Result<(KafkaSource, BTreeMap<i32, i64>)> {
+        self.table_source_from(topic, &BTreeMap::new())
+    }
+
+    /// [`KafkaLog::table_source`] resuming each partition named in `from` at its offset there
+    /// (the others from their beginning); the ends leave out the partitions already read to them.
+    pub fn table_source_from(
+        &self,
+        topic: &str,
+        from: &BTreeMap<i32, i64>,
+    ) -> Result<(KafkaSource, BTreeMap<i32, i64>)> {
         // A group id is required by the client; this one never joins (assign, no commits).
         let group = format!(
             "{}.table.{}",
@@ -245,11 +255,14 @@ impl KafkaLog {
             for p in t.partitions() {
                 let (low, high) =
                     settled_guarded(guard, || consumer.fetch_watermarks(topic, p.id(), timeout))?;
-                // A partition compacted or deleted down to nothing has nothing to wait for.
-                if high > low {
+                let start = from.get(&p.id()).copied();
+                // A partition compacted or deleted down to nothing, or already read to its end,
+                // has nothing to wait for.
+                if high > low.max(start.unwrap_or(0)) {
                     ends.insert(p.id(), high);
                 }
-                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                let offset = start.map_or(Offset::Beginning, Offset::Offset);
+                tpl.add_partition_offset(topic, p.id(), offset)
                     .map_err(kafka_err)?;
             }
         }

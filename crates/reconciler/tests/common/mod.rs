@@ -348,6 +348,32 @@ impl Harness {
     pub fn wipe_and_restore(&mut self) {
         self.rec = None;
         std::fs::remove_dir_all(self.state_dir()).expect("wipe");
+        self.restore();
+    }
+
+    /// Processes `batches` and sends their outputs without committing the state, then dies (the
+    /// reconciler is dropped, never closed) and restarts on the intact state as `tillbridge run`
+    /// does: the state was not closed cleanly, so it is restored from the topics.
+    pub fn kill_after_sending(&mut self, batches: &[Vec<Input>]) {
+        for b in batches {
+            let records = self.records(b);
+            self.fed.extend(records.iter().cloned());
+            let out = self
+                .rec
+                .as_mut()
+                .expect("open reconciler")
+                .process(&records)
+                .expect("process");
+            self.absorb(&out);
+        }
+        self.rec = None;
+        self.restore();
+    }
+
+    /// Opens the state, which must need a restore, and restores it: learns what the
+    /// compensations topic holds, replays every input fed so far (the state skips what it
+    /// holds), then emits only the difference.
+    fn restore(&mut self) {
         let mut rec =
             Reconciler::open(&self.state_dir(), &self.topics, &self.cfg, KEY).expect("open");
         assert!(rec.needs_restore().expect("needs_restore"));
@@ -375,8 +401,11 @@ impl Harness {
         self.absorb(&out);
     }
 
+    /// Stops the reconciler (closing its state, cleanly when it can) and opens its state again.
     pub fn reopen(&mut self) {
-        self.rec = None;
+        if let Some(mut rec) = self.rec.take() {
+            block_on(rec.close()).expect("close");
+        }
         self.rec = Some(
             Reconciler::open(&self.state_dir(), &self.topics, &self.cfg, KEY).expect("reopen"),
         );
