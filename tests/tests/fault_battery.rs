@@ -133,9 +133,10 @@ fn instance(config: &Config, base: &Path, k: usize) -> Instance {
 }
 
 /// What an instance's log says: partitions assigned, replayed into a new state, sends that
-/// failed and were retried, and restores from the changelog or the input topic (each finished
-/// one's records and rate).
-fn rebalances(i: &Instance) -> (usize, usize, usize, Vec<(u64, u64)>) {
+/// failed and were retried, restores from the changelog or the input topic (each finished
+/// one's records and rate), and the reconciler's restores from the topics (records replayed
+/// and rate).
+fn rebalances(i: &Instance) -> LogSays {
     let text = i.log_text();
     let field = |line: &str, name: &str| -> Option<u64> {
         let at = line.find(&format!(" {name}="))? + name.len() + 2;
@@ -146,12 +147,29 @@ fn rebalances(i: &Instance) -> (usize, usize, usize, Vec<(u64, u64)>) {
         .filter(|l| l.contains("restored the stage's state of a partition"))
         .filter_map(|l| Some((field(l, "records")?, field(l, "records_per_second")?)))
         .collect();
-    (
-        text.matches("partitions assigned").count(),
-        text.matches("replaying from the beginning").count(),
-        text.matches("send failed, retrying").count(),
+    let reconciler = text
+        .lines()
+        .filter(|l| l.contains("reconciler inputs replayed"))
+        .filter_map(|l| Some((field(l, "replayed")?, field(l, "records_per_second")?)))
+        .collect();
+    LogSays {
+        assigned: text.matches("partitions assigned").count(),
+        replayed: text.matches("replaying from the beginning").count(),
+        retried: text.matches("send failed, retrying").count(),
         restores,
-    )
+        reconciler,
+    }
+}
+
+/// See [`rebalances`].
+struct LogSays {
+    assigned: usize,
+    replayed: usize,
+    retried: usize,
+    /// (records, records/s) of each restore from ingest's changelog or input.
+    restores: Vec<(u64, u64)>,
+    /// (records, records/s) of each reconciler restore from the topics.
+    reconciler: Vec<(u64, u64)>,
 }
 
 /// Waits until the group gave `i` a partition (a join takes seconds).
@@ -382,16 +400,26 @@ async fn battery(
         }
         watch.0.poll(Duration::from_millis(50));
         for (k, i) in instances.iter().enumerate() {
-            let (assigned, replayed, retried, restores) = rebalances(i);
-            let rates: Vec<String> = restores
-                .iter()
-                .map(|(n, r)| format!("{n} records at {r}/s"))
-                .collect();
+            let LogSays {
+                assigned,
+                replayed,
+                retried,
+                restores,
+                reconciler,
+            } = rebalances(i);
+            let rates = |restores: &[(u64, u64)]| -> String {
+                let rates: Vec<String> = restores
+                    .iter()
+                    .map(|(n, r)| format!("{n} records at {r}/s"))
+                    .collect();
+                rates.join(", ")
+            };
             println!(
                 "{name}: instance {k}: {assigned} assignments, {replayed} partitions replayed \
                  from the beginning into a new state, {retried} failed sends retried; \
-                 restores finished: [{}]",
-                rates.join(", ")
+                 restores finished: [{}]; reconciler restores: [{}]",
+                rates(&restores),
+                rates(&reconciler)
             );
         }
         let report = report_from_topics(&config, &dir.join("report"));

@@ -592,3 +592,123 @@ async fn a_full_outbox_pauses_consumption_until_the_core_drains_it() {
     let refused = core.requests().iter().filter(|r| r.status != 200).count();
     assert_eq!(refused, 0, "a quiet core answered every request with 200");
 }
+
+/// Scale-in: two processes deliver to a core that goes down; one of them is stopped for good
+/// with requests still in its outbox. The group's offset of its partitions stopped at their
+/// oldest undelivered record, so the remaining process takes them up there once the core is
+/// back: every request is applied (once), none waits for a process that never returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_process_leaves_no_request_behind_in_its_outbox() {
+    let Some(broker) = kit::broker() else {
+        return;
+    };
+    let core = FlakyCore::start(Plan {
+        fail_ratio: 0.0,
+        slow_ratio: 0.0,
+        throttle: None,
+        outage: None,
+        reject_store: None,
+        seed: 14,
+        ..Plan::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = kit::config(&broker, &dir.path().join("state")).await;
+    let mut http = http_config(&core);
+    http.backoff_max = Duration::from_millis(200);
+    config.delivery = serde_json::to_value(&http).unwrap();
+    let (sent, events) = workload(12, 16);
+    // No store is refused here: every event is a request to apply.
+    let want: BTreeSet<String> = events.iter().map(key_of).collect();
+    let (first, second) = sent.split_at(sent.len() / 2);
+    let mut instances: Vec<kit::process::Instance> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            kit::process::Instance::new(
+                &config,
+                dir.path(),
+                name,
+                &["run", "--stages", "ingest,delivery"],
+                "info,tillbridge_delivery=debug",
+            )
+        })
+        .collect();
+    // `a` alone first: it has had every partition (a new outbox replays a partition at its first
+    // assignment to the process, and only then).
+    instances[0].start();
+    let producer = kit::producer(&broker);
+    kit::produce_sent(&producer, &config.topics.till_events, first).await;
+    let until = |what: &str, done: &dyn Fn() -> bool, instances: &mut [kit::process::Instance]| {
+        let start = Instant::now();
+        while !done() {
+            for i in instances.iter_mut() {
+                i.running();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{what}: not within 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    tokio::task::block_in_place(|| {
+        until(
+            "the first half applied",
+            &|| core.applied_count() >= first.len(),
+            &mut instances[..1],
+        )
+    });
+    // `b` joins and takes some of the destination topic's partitions (its new outbox replays
+    // them from the beginning); then the core goes down, and what comes next in those partitions
+    // reaches only `b`.
+    instances[1].start();
+    let b_log = instances[1].log.clone();
+    let b_says = |what: &str, topic: &str| {
+        std::fs::read_to_string(&b_log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(what) && l.contains(topic))
+    };
+    let sessions = config.topics.sessions.clone();
+    tokio::task::block_in_place(|| {
+        until(
+            "b assigned partitions of the destination topic",
+            &|| b_says("replaying from the beginning into the new state", &sessions),
+            &mut instances,
+        )
+    });
+    core.down().await;
+    kit::produce_sent(&producer, &config.topics.till_events, second).await;
+    // `b` holds requests it cannot send: its drainer retries them.
+    tokio::task::block_in_place(|| {
+        until(
+            "b retrying requests",
+            &|| b_says("retrying later", ""),
+            &mut instances,
+        )
+    });
+    instances[1].stop();
+    core.up();
+    tokio::task::block_in_place(|| {
+        until(
+            "every request applied without b",
+            &|| core.applied_count() >= want.len(),
+            &mut instances[..1],
+        )
+    });
+    instances[0].stop();
+    let applied = core.applied();
+    let keys: BTreeSet<&String> = applied.iter().map(|a| &a.key).collect();
+    assert_eq!(keys.len(), applied.len(), "a key was applied twice");
+    assert_eq!(
+        keys,
+        want.iter().collect::<BTreeSet<_>>(),
+        "every session event was applied"
+    );
+    println!(
+        "{} applied, {} requests seen, {} re-sends of applied keys",
+        applied.len(),
+        core.requests().len(),
+        core.replays()
+    );
+}

@@ -96,6 +96,16 @@ pub trait Processor: Send {
         false
     }
 
+    /// The input positions to acknowledge once the open batches are committed (`positions`: the
+    /// last record of each partition they read). The default acknowledges all of them. A
+    /// processor whose effects complete after its commit (the HTTP outbox, whose requests are
+    /// sent later) acknowledges each partition only up to its oldest unfinished record, so the
+    /// group's committed offset never passes work that only this process holds: a partition
+    /// that moves, or outlives this process, is taken up there by its next owner.
+    fn acknowledge(&self, positions: Vec<Position>) -> Vec<Position> {
+        positions
+    }
+
     /// Waits until the processor can take another batch. A processor with a bounded buffer
     /// behind it (the HTTP outbox) waits here while the buffer is full, so the stage stops
     /// consuming (backpressure) instead of growing the buffer. The default is ready at once.
@@ -384,15 +394,17 @@ where
     crate::crash::point(name, "sent");
     processor.commit().await?;
     crate::crash::point(name, "committed");
-    let positions: Vec<Position> = std::mem::take(open)
-        .positions
-        .into_iter()
-        .map(|((topic, partition), offset)| Position {
-            topic,
-            partition,
-            offset,
-        })
-        .collect();
+    let positions = processor.acknowledge(
+        std::mem::take(open)
+            .positions
+            .into_iter()
+            .map(|((topic, partition), offset)| Position {
+                topic,
+                partition,
+                offset,
+            })
+            .collect(),
+    );
     let mut backoff = RETRY_BACKOFF_FIRST;
     loop {
         match source.ack(&positions).await {

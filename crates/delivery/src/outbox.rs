@@ -30,7 +30,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use tillbridge_core::log::{dead_letter, OutRecord, Record, Sink};
+use tillbridge_core::log::{dead_letter, OutRecord, Position, Record, Sink};
 use tillbridge_core::stage::Processor;
 use tillbridge_core::store::StateStore;
 use tillbridge_core::{ids, metrics, pan};
@@ -92,6 +92,9 @@ struct Meta {
     session: String,
     size: u64,
     enqueued_ms: i64,
+    /// The topic and partition of the record the request was made of, and its offset.
+    source: (String, i32),
+    offset: i64,
 }
 
 /// The requests of one session, oldest first.
@@ -114,6 +117,8 @@ struct Queue {
     ready: VecDeque<String>,
     /// Sessions whose head waits for a retry, by when.
     backoff: BTreeSet<(Instant, String)>,
+    /// The source offsets of the waiting requests, per source topic and partition.
+    unfinished: HashMap<(String, i32), BTreeSet<i64>>,
 }
 
 impl Queue {
@@ -124,8 +129,25 @@ impl Queue {
         }
         lane.pending.push_back(seq);
         self.bytes += meta.size;
+        self.unfinished
+            .entry(meta.source.clone())
+            .or_default()
+            .insert(meta.offset);
         self.entries.insert(seq, meta);
         self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    fn remove(&mut self, seq: u64) {
+        let Some(meta) = self.entries.remove(&seq) else {
+            return;
+        };
+        self.bytes -= meta.size;
+        if let Some(offsets) = self.unfinished.get_mut(&meta.source) {
+            offsets.remove(&meta.offset);
+            if offsets.is_empty() {
+                self.unfinished.remove(&meta.source);
+            }
+        }
     }
 }
 
@@ -183,6 +205,8 @@ impl Outbox {
                     session: e.session,
                     size: v.len() as u64,
                     enqueued_ms: e.enqueued_ms,
+                    source: (e.source_topic, e.source_partition),
+                    offset: e.source_offset,
                 },
             );
         }
@@ -237,6 +261,14 @@ impl Outbox {
         &self.stats
     }
 
+    /// The offset of the oldest record of `topic`/`partition` whose request waits.
+    fn oldest_unfinished(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.queue()
+            .unfinished
+            .get(&(topic.to_owned(), partition))
+            .and_then(|offsets| offsets.first().copied())
+    }
+
     fn has_id(&self, id: &str) -> Result<bool, Error> {
         self.tree.contains_key(id_key(id)).map_err(state_err)
     }
@@ -260,6 +292,8 @@ impl Outbox {
                     session: e.session.clone(),
                     size: bytes.len() as u64,
                     enqueued_ms: e.enqueued_ms,
+                    source: (e.source_topic.clone(), e.source_partition),
+                    offset: e.source_offset,
                 },
             ));
         }
@@ -351,9 +385,7 @@ impl Outbox {
         self.tree.apply_batch(batch).map_err(state_err)?;
         {
             let mut q = self.queue();
-            if let Some(meta) = q.entries.remove(&job.seq) {
-                q.bytes -= meta.size;
-            }
+            q.remove(job.seq);
             let session = &job.entry.session;
             let more = match q.lanes.get_mut(session) {
                 Some(lane) => {
@@ -579,6 +611,23 @@ impl Processor for Delivery {
             .with_label_values(&[&format!("http:{}", self.outbox.label)])
             .inc_by(n);
         Ok(())
+    }
+
+    /// Each partition only up to the record before its oldest waiting request: the group's
+    /// offset then says "delivered up to here", so a partition that moves to another process
+    /// (or whose process is gone for good) is taken up from its first request not yet
+    /// delivered, and sent again under the same `Idempotency-Key`s, rather than left in this
+    /// process's outbox.
+    fn acknowledge(&self, positions: Vec<Position>) -> Vec<Position> {
+        positions
+            .into_iter()
+            .map(|mut p| {
+                if let Some(oldest) = self.outbox.oldest_unfinished(&p.topic, p.partition) {
+                    p.offset = p.offset.min(oldest - 1);
+                }
+                p
+            })
+            .collect()
     }
 
     fn ready(&mut self) -> impl std::future::Future<Output = ()> + Send {

@@ -131,6 +131,7 @@ pub(crate) async fn replay_reconciler(
     limits: BatchLimits,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Vec<OutRecord>>> {
+    let started = std::time::Instant::now();
     let emitted = read_to_end(transport, &topics.compensations, limits, shutdown).await?;
     // What the state holds already (an intact state that was not closed cleanly, or a restore
     // stopped half-way) is not read again.
@@ -163,7 +164,14 @@ pub(crate) async fn replay_reconciler(
     if shutdown.is_cancelled() {
         return Ok(None);
     }
-    tracing::info!(replayed, "reconciler inputs replayed");
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        learned = emitted.len(),
+        replayed,
+        seconds = format!("{seconds:.1}"),
+        records_per_second = (replayed as f64 / seconds.max(0.001)) as u64,
+        "reconciler inputs replayed"
+    );
     Ok(Some(p.finish_restore()?))
 }
 
