@@ -93,6 +93,7 @@ pub(crate) struct State {
 impl State {
     /// Opens (or creates) the state in `dir`. `StateStore::open` waits for a closing handle's
     /// lock, and never takes a held lock for damage.
+    ///
     /// The open marker is made durable before anything else happens, so that a process killed
     /// at any later point leaves it behind (see [`State::unclean`]).
     pub(crate) fn open(dir: &Path) -> Result<State, Error> {
