@@ -206,6 +206,7 @@ where
                 {
                     return Ok(stats);
                 }
+                acknowledge_held_back(source, processor, &mut open).await?;
                 if until == Until::Idle && source.lag() == Some(0) {
                     break;
                 }
@@ -349,6 +350,20 @@ struct Open {
     batches: usize,
     /// When the first of them was sent.
     since: Option<tokio::time::Instant>,
+    /// Partitions committed but acknowledged short of what was consumed
+    /// ([`Processor::acknowledge`]): the last offset consumed and the last acknowledged.
+    held_back: std::collections::BTreeMap<(String, i32), (i64, i64)>,
+}
+
+fn to_positions(offsets: impl IntoIterator<Item = ((String, i32), i64)>) -> Vec<Position> {
+    offsets
+        .into_iter()
+        .map(|((topic, partition), offset)| Position {
+            topic,
+            partition,
+            offset,
+        })
+        .collect()
 }
 
 impl Open {
@@ -363,6 +378,64 @@ impl Open {
         self.batches += 1;
         self.since.get_or_insert_with(tokio::time::Instant::now);
     }
+
+    /// Takes note of what was acknowledged of the partitions consumed up to `consumed`.
+    fn acknowledged(
+        &mut self,
+        consumed: &std::collections::BTreeMap<(String, i32), i64>,
+        acked: &[Position],
+    ) {
+        for p in acked {
+            let key = (p.topic.clone(), p.partition);
+            match consumed.get(&key) {
+                Some(&c) if p.offset < c => {
+                    self.held_back.insert(key, (c, p.offset));
+                }
+                _ => {
+                    self.held_back.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// While the stage is idle, acknowledges what the processor now lets go of in the partitions it
+/// held back (the HTTP outbox delivered their oldest waiting requests), so the group's offset
+/// does not wait for the partition's next record. A failed acknowledgement is retried at the
+/// next idle poll.
+async fn acknowledge_held_back<S: Source, P: Processor>(
+    source: &mut S,
+    processor: &P,
+    open: &mut Open,
+) -> Result<(), P::Error> {
+    if open.held_back.is_empty() || open.batches > 0 {
+        return Ok(());
+    }
+    let consumed: std::collections::BTreeMap<(String, i32), i64> = open
+        .held_back
+        .iter()
+        .map(|(k, (c, _))| (k.clone(), *c))
+        .collect();
+    let moved: Vec<Position> = processor
+        .acknowledge(to_positions(consumed.clone()))
+        .into_iter()
+        .filter(|p| {
+            open.held_back
+                .get(&(p.topic.clone(), p.partition))
+                .is_some_and(|(_, acked)| p.offset > *acked)
+        })
+        .collect();
+    if moved.is_empty() {
+        return Ok(());
+    }
+    match source.ack(&moved).await {
+        Ok(()) => open.acknowledged(&consumed, &moved),
+        Err(e) if e.is_retryable() => {
+            tracing::debug!(error = %e, "storing offsets failed; retried at the next idle poll");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// Makes the open batches durable: their changelog records, then the processor's state, then
@@ -394,21 +467,17 @@ where
     crate::crash::point(name, "sent");
     processor.commit().await?;
     crate::crash::point(name, "committed");
-    let positions = processor.acknowledge(
-        std::mem::take(open)
-            .positions
-            .into_iter()
-            .map(|((topic, partition), offset)| Position {
-                topic,
-                partition,
-                offset,
-            })
-            .collect(),
-    );
+    let consumed = std::mem::take(&mut open.positions);
+    open.batches = 0;
+    open.since = None;
+    let positions = processor.acknowledge(to_positions(consumed.clone()));
     let mut backoff = RETRY_BACKOFF_FIRST;
     loop {
         match source.ack(&positions).await {
-            Ok(()) => return Ok(true),
+            Ok(()) => {
+                open.acknowledged(&consumed, &positions);
+                return Ok(true);
+            }
             Err(e) if e.is_retryable() => {
                 crate::metrics::CONSUMER_RETRIES
                     .with_label_values(&[name])
@@ -745,5 +814,74 @@ mod tests {
             acked.lock().unwrap().is_empty(),
             "offsets moved without outputs"
         );
+    }
+
+    /// Lets go of its records only from `release_at` on (as the HTTP outbox does once it has
+    /// delivered them): until then it acknowledges none of partition 0.
+    struct HoldsBack {
+        release_at: tokio::time::Instant,
+    }
+
+    impl Processor for HoldsBack {
+        type Error = crate::Error;
+        fn process(&mut self, _: &[Record]) -> crate::Result<Vec<OutRecord>> {
+            Ok(Vec::new())
+        }
+        async fn commit(&mut self) -> crate::Result<()> {
+            Ok(())
+        }
+        fn acknowledge(&self, positions: Vec<Position>) -> Vec<Position> {
+            let held = tokio::time::Instant::now() < self.release_at;
+            positions
+                .into_iter()
+                .map(|p| Position {
+                    offset: if held && p.partition == 0 {
+                        -1
+                    } else {
+                        p.offset
+                    },
+                    ..p
+                })
+                .collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_back_partition_is_acknowledged_once_let_go_while_idle() {
+        let at = |partition: i32, offset: i64| Record {
+            partition,
+            ..record(offset)
+        };
+        let mut source = Paced {
+            batches: [vec![at(0, 0), at(0, 1), at(1, 0)]].into(),
+            acked: Vec::new(),
+        };
+        let mut p = HoldsBack {
+            release_at: tokio::time::Instant::now() + Duration::from_millis(300),
+        };
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.cancel();
+        });
+        run(
+            "test",
+            &mut source,
+            &Flaky::new(0),
+            &mut p,
+            LIMITS,
+            Until::Shutdown,
+            shutdown,
+        )
+        .await
+        .unwrap();
+        let offsets = |acked: &[Position]| -> Vec<(i32, i64)> {
+            acked.iter().map(|p| (p.partition, p.offset)).collect()
+        };
+        let acked: Vec<Vec<(i32, i64)>> = source.acked.iter().map(|a| offsets(a)).collect();
+        // At the commit, partition 0 is held back; once let go, it is acknowledged while idle,
+        // once, without a record of its own.
+        assert_eq!(acked, vec![vec![(0, -1), (1, 0)], vec![(0, 1)]]);
     }
 }

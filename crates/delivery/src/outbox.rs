@@ -81,6 +81,9 @@ fn entry_key(seq: u64) -> Vec<u8> {
     k
 }
 
+/// Where the outbox keeps how far it read each source partition (the next offset).
+const POSITION_PREFIX: &[u8] = b"p/";
+
 fn id_key(id: &str) -> Vec<u8> {
     let mut k = b"i/".to_vec();
     k.extend_from_slice(id.as_bytes());
@@ -273,14 +276,40 @@ impl Outbox {
         self.tree.contains_key(id_key(id)).map_err(state_err)
     }
 
-    /// Appends `entries` durably, then hands them to the workers.
-    async fn enqueue(&self, entries: Vec<Entry>) -> Result<(), Error> {
-        if entries.is_empty() {
+    /// How far the outbox read each source partition: the next offset.
+    fn positions(&self) -> Result<BTreeMap<(String, i32), i64>, Error> {
+        let mut out = BTreeMap::new();
+        for item in self.tree.scan_prefix(POSITION_PREFIX) {
+            let (k, v) = item.map_err(state_err)?;
+            let key = tillbridge_core::store::parse_position_key(&k[POSITION_PREFIX.len()..])
+                .ok_or_else(|| Error::State("outbox position key of the wrong shape".into()))?;
+            let next = <[u8; 8]>::try_from(v.as_ref())
+                .map(i64::from_be_bytes)
+                .map_err(|_| Error::State("outbox position of the wrong size".into()))?;
+            out.insert(key, next);
+        }
+        Ok(out)
+    }
+
+    /// Appends `entries` durably with how far the source partitions were read (`read`: the
+    /// next offset of each), then hands them to the workers.
+    async fn enqueue(
+        &self,
+        entries: Vec<Entry>,
+        read: &BTreeMap<(String, i32), i64>,
+    ) -> Result<(), Error> {
+        if entries.is_empty() && read.is_empty() {
             return Ok(());
         }
         // Only the delivery stage appends, one batch at a time, so the sequence is its own.
         let first = self.queue().next_seq;
         let mut batch = sled::Batch::default();
+        for ((topic, partition), next) in read {
+            batch.insert(
+                tillbridge_core::store::position_key(POSITION_PREFIX, topic, *partition),
+                &next.to_be_bytes(),
+            );
+        }
         let mut metas = Vec::with_capacity(entries.len());
         for (seq, e) in (first..).zip(entries.iter()) {
             let bytes = serde_json::to_vec(e).map_err(state_err)?;
@@ -483,6 +512,8 @@ pub struct Delivery {
     dlq: String,
     staged: Vec<Entry>,
     staged_ids: HashSet<String>,
+    /// The next offset of each source partition the staged batches read.
+    staged_read: BTreeMap<(String, i32), i64>,
 }
 
 /// Opens the HTTP destination's outbox under `state_dir/delivery`: the stage's processor and
@@ -531,6 +562,7 @@ pub fn open(
             dlq: dlq_topic.to_owned(),
             staged: Vec::new(),
             staged_ids: HashSet::new(),
+            staged_read: BTreeMap::new(),
         },
         drainer,
     ))
@@ -546,14 +578,29 @@ impl Delivery {
 impl Processor for Delivery {
     type Error = Error;
 
+    /// Never: a new (or rebuilt) outbox resumes at the group's offset, which only ever passes
+    /// delivered requests (see [`Delivery::acknowledge`]), so what an earlier outbox held is
+    /// read again from there and nothing needs the topic's beginning.
     fn fresh_state(&self) -> bool {
-        self.outbox.store.fresh()
+        false
+    }
+
+    /// How far the outbox read each partition: this process resumes there (its outbox holds
+    /// or has delivered everything before), while the group's offset trails it at the oldest
+    /// request not yet delivered, for another member.
+    fn positions(&self) -> Result<BTreeMap<(String, i32), i64>, Error> {
+        self.outbox.positions()
     }
 
     fn process(&mut self, batch: &[Record]) -> Result<Vec<OutRecord>, Error> {
         let mut out = Vec::new();
         let now = chrono::Utc::now().timestamp_millis();
         for rec in batch {
+            let next = self
+                .staged_read
+                .entry((rec.topic.clone(), rec.partition))
+                .or_insert(rec.offset + 1);
+            *next = (*next).max(rec.offset + 1);
             let Some(payload) = rec.payload.as_deref() else {
                 continue; // a tombstone asks for no request
             };
@@ -605,8 +652,9 @@ impl Processor for Delivery {
     async fn commit(&mut self) -> Result<(), Error> {
         self.staged_ids.clear();
         let staged = std::mem::take(&mut self.staged);
+        let read = std::mem::take(&mut self.staged_read);
         let n = staged.len() as u64;
-        self.outbox.enqueue(staged).await?;
+        self.outbox.enqueue(staged, &read).await?;
         metrics::ROUTED
             .with_label_values(&[&format!("http:{}", self.outbox.label)])
             .inc_by(n);
@@ -853,7 +901,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(&dir.path().join("outbox"), "test", 1 << 20).unwrap();
         outbox
-            .enqueue(vec![entry(1, "A"), entry(2, "A"), entry(3, "B")])
+            .enqueue(
+                vec![entry(1, "A"), entry(2, "A"), entry(3, "B")],
+                &BTreeMap::new(),
+            )
             .await
             .unwrap();
         let a1 = next_within(&outbox, Duration::ZERO).await.unwrap();

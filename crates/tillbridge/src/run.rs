@@ -106,6 +106,8 @@ where
                 Resume::State(start)
             } else if from_start {
                 Resume::ReplayOnce
+            } else if !start.is_empty() {
+                Resume::Known(start)
             } else {
                 Resume::Committed
             };

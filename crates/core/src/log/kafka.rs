@@ -46,6 +46,12 @@ pub enum Resume {
     /// re-sending identical records; with a changelog ([`StateRestore`]) the state is first
     /// restored or brought up to date from it, and these positions follow.
     State(BTreeMap<(String, i32), i64>),
+    /// At the state's own position at a partition's first assignment to this process, where it
+    /// has one; otherwise, and at later assignments, at the committed offset. For a state whose
+    /// acknowledgements trail what it consumed (the delivery stage: its outbox records how far
+    /// it read, the group's offset how far it delivered): the process resumes past what its
+    /// state holds, another member from the group's offset.
+    Known(BTreeMap<(String, i32), i64>),
 }
 
 /// The linked librdkafka: its version and its compiled-in features (`builtin.features`: ssl,
@@ -965,6 +971,12 @@ impl CommitBeforeRevoke {
                 Some(Offset::Beginning)
             }
             Resume::ReplayOnce => None,
+            Resume::Known(positions) if first => positions.get(key).map(|next| {
+                tracing::info!(topic = %key.0, partition = key.1, next = *next,
+                    "resuming where the stage's state is");
+                Offset::Offset(*next)
+            }),
+            Resume::Known(_) => None,
             Resume::State(positions) => match positions.get(key) {
                 Some(next) => {
                     tracing::info!(topic = %key.0, partition = key.1, next = *next,
@@ -1089,10 +1101,10 @@ impl ConsumerContext for CommitBeforeRevoke {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned")
+                tracing::info!(partitions = tpl.count(), group = %self.group, "partitions assigned")
             }
             Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions revoked")
+                tracing::info!(partitions = tpl.count(), group = %self.group, "partitions revoked")
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
